@@ -1,0 +1,3 @@
+//! The cogrs predictors and the engine they share.
+
+pub mod engine;

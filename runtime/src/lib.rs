@@ -1,0 +1,1 @@
+//! The Cog HTTP predictor protocol (being written).
