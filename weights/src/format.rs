@@ -39,6 +39,9 @@ pub struct DecoderConfig {
     /// Graph file, relative to the folder (`model.onnx`).
     pub graph: String,
     pub num_layers: usize,
+    /// Query heads (added after the first draft; readers of older folders may default it).
+    #[serde(default)]
+    pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub hidden_size: usize,

@@ -1,0 +1,243 @@
+//! `cogrs weights build`: checkpoint in, compiled folder out, atomically.
+//!
+//! Everything is written into a temporary directory beside the output and renamed into place at
+//! the end, so an error (or a kill) never leaves a partial folder where the engine would look.
+
+use crate::arch::{decoder, Arch, DecoderSpec, Dtype};
+use crate::checkpoint::config::HfConfig;
+use crate::checkpoint::safetensors::SafetensorsSource;
+use crate::checkpoint::TensorSource;
+use crate::format::{FileEntry, Manifest, FORMAT_VERSION};
+use crate::onnx::{GraphBuilder, MS_DOMAIN, MS_OPSET, ONNX_OPSET};
+use crate::quant::{Policy, QuantArg, TensorReport};
+use crate::Error;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Files copied verbatim from a Hugging Face checkpoint folder when present.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+];
+
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// A Hugging Face checkpoint folder or a `.gguf` file.
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// `None`: the architecture's default.
+    pub dtype: Option<Dtype>,
+    pub quant: Option<QuantArg>,
+    /// Replace an existing output folder.
+    pub force: bool,
+    /// Recorded in the manifest.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildSummary {
+    pub manifest: Manifest,
+    pub reports: Vec<TensorReport>,
+}
+
+/// Per-architecture defaults: fp16 compute everywhere; quantisation where the original
+/// deployments used it (SmolLM3: HQQ 8-bit g64; Phi-4: 4-bit), none for small Llamas.
+pub fn defaults(arch: Arch) -> (Dtype, QuantArg) {
+    match arch {
+        Arch::Llama => (Dtype::Fp16, QuantArg::None),
+        Arch::SmolLM3 => (Dtype::Fp16, QuantArg::Hqq8),
+        Arch::Phi3 => (Dtype::Fp16, QuantArg::Rtn4),
+    }
+}
+
+/// A loaded checkpoint: its spec, tensors, and the extra files that go into the folder.
+pub struct Loaded {
+    pub spec: DecoderSpec,
+    pub source: Box<dyn TensorSource>,
+    /// (file name in the output, bytes).
+    pub extra_files: Vec<(String, Vec<u8>)>,
+}
+
+pub fn load_hf_dir(dir: &Path) -> Result<Loaded, Error> {
+    if !dir.is_dir() {
+        return Err(Error::MissingFile {
+            path: dir.to_path_buf(),
+            why: "not a checkpoint folder or .gguf file".into(),
+        });
+    }
+    let cfg_path = dir.join("config.json");
+    let cfg = HfConfig::load(&cfg_path)?;
+    let mut spec = cfg.spec(&cfg_path)?;
+    let source = SafetensorsSource::open_dir(dir)?;
+    let mut extra_files = Vec::new();
+    for name in TOKENIZER_FILES {
+        let p = dir.join(name);
+        if p.is_file() {
+            extra_files.push((
+                name.to_string(),
+                std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+            ));
+        }
+    }
+    // generation_config.json's eos list is what generate() stops on; merge it in.
+    let gen = dir.join("generation_config.json");
+    if gen.is_file() {
+        let v: serde_json::Value = crate::checkpoint::read_json(&gen)?;
+        for id in crate::checkpoint::config::token_ids(&v.get("eos_token_id").cloned()) {
+            if !spec.eos_token_ids.contains(&id) {
+                spec.eos_token_ids.push(id);
+            }
+        }
+    }
+    Ok(Loaded {
+        spec,
+        source: Box::new(source),
+        extra_files,
+    })
+}
+
+pub fn build(req: &BuildRequest) -> Result<BuildSummary, Error> {
+    let is_gguf = req.input.extension().is_some_and(|e| e == "gguf");
+    let loaded = if is_gguf {
+        return Err(Error::Unsupported(format!(
+            "{}: GGUF input",
+            req.input.display()
+        )));
+    } else {
+        load_hf_dir(&req.input)?
+    };
+    build_loaded(req, loaded)
+}
+
+pub fn build_loaded(req: &BuildRequest, loaded: Loaded) -> Result<BuildSummary, Error> {
+    let out = &req.output;
+    if out.exists() && !req.force {
+        return Err(Error::OutputExists { path: out.clone() });
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let base = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    // Dropped (and removed) on any early return.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{base}.partial-"))
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, e))?;
+
+    let spec = &loaded.spec;
+    let (d_dtype, d_quant) = defaults(spec.arch);
+    let dtype = req.dtype.unwrap_or(d_dtype);
+    let quant = req.quant.unwrap_or(d_quant);
+    let policy = Policy::uniform(quant.scheme());
+
+    let mut g = GraphBuilder::new(
+        "main_graph",
+        &tmp.path().join("model.onnx.data"),
+        "model.onnx.data",
+    )?;
+    let (engine, reports) = decoder::build(
+        spec,
+        loaded.source.as_ref(),
+        &mut g,
+        &decoder::Options { dtype, policy },
+    )?;
+    g.finish(
+        &tmp.path().join("model.onnx"),
+        &[("", ONNX_OPSET), (MS_DOMAIN, MS_OPSET)],
+    )?;
+    drop(loaded.source);
+
+    write_json(&tmp.path().join("engine.json"), &engine)?;
+    if !reports.is_empty() {
+        write_json(&tmp.path().join("quantization_report.json"), &reports)?;
+    }
+    for (name, bytes) in &loaded.extra_files {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+    }
+
+    let mut quantization = BTreeMap::new();
+    quantization.insert("linear".to_string(), policy.linear.label());
+    quantization.insert("lm_head".to_string(), policy.lm_head.label());
+    quantization.insert("embeddings".to_string(), "none".to_string());
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        architecture: spec.arch.name().into(),
+        dtype: dtype.name().into(),
+        quantization,
+        files: hash_dir(tmp.path())?,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        command: req.command.clone(),
+    };
+    write_json(&tmp.path().join("manifest.json"), &manifest)?;
+
+    // Swap into place: the old folder (with --force) is moved aside first, removed last.
+    let tmp_path = tmp.keep();
+    let old = parent.join(format!(".{base}.old-{}", std::process::id()));
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp_path, out) {
+        let _ = std::fs::remove_dir_all(&tmp_path);
+        if had_old {
+            let _ = std::fs::rename(&old, out);
+        }
+        return Err(Error::io(out, e));
+    }
+    if had_old {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(BuildSummary { manifest, reports })
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Error> {
+    let mut s = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?;
+    s.push('\n');
+    std::fs::write(path, s).map_err(|e| Error::io(path, e))
+}
+
+/// sha256 and size of every regular file in `dir` (not recursive: the folder is flat), except
+/// `manifest.json`.
+pub fn hash_dir(dir: &Path) -> Result<BTreeMap<String, FileEntry>, Error> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "manifest.json" || !entry.path().is_file() {
+            continue;
+        }
+        files.insert(name, hash_file(&entry.path())?);
+    }
+    Ok(files)
+}
+
+pub fn hash_file(path: &Path) -> Result<FileEntry, Error> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(FileEntry {
+        sha256: hex::encode(h.finalize()),
+        size,
+    })
+}

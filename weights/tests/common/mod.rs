@@ -1,0 +1,212 @@
+//! Shared by the integration tests: the ONNX Runtime environment, fixture compilation, a decoder
+//! runner with a KV cache, and goldens.
+
+#![allow(dead_code)]
+
+use cog_weights::arch::Dtype;
+use cog_weights::build::{build, BuildRequest};
+use cog_weights::quant::QuantArg;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The crate folder with symlinks resolved (the workspace's `.cache/` sits beside it).
+pub fn crate_dir() -> PathBuf {
+    std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).expect("crate dir")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    crate_dir().join("fixtures").join(name)
+}
+
+/// ONNX Runtime's CPU library: `ORT_DYLIB_PATH`, else `.cache/onnxruntime/libonnxruntime.so`
+/// as `scripts/install-ort` leaves it. Missing is a failure, not a skip: these tests are the
+/// proof that the graphs run.
+pub fn ort_env() -> &'static Environment {
+    static ENV: OnceLock<Environment> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let lib = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate_dir().join("../.cache/onnxruntime/libonnxruntime.so"));
+        assert!(
+            lib.exists(),
+            "ONNX Runtime library not found at {} — run scripts/setup (or scripts/install-ort), \
+             or set ORT_DYLIB_PATH",
+            lib.display()
+        );
+        ort::init_from(&lib)
+            .unwrap_or_else(|e| panic!("loading {}: {e}", lib.display()))
+            .with_name("cog-weights-tests")
+            .build()
+            .expect("ORT environment")
+    })
+}
+
+pub fn session(model: &Path) -> Session {
+    Session::builder(ort_env())
+        .expect("session builder")
+        .with_intra_threads(1)
+        .expect("threads")
+        .commit_from_file(model)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", model.display()))
+}
+
+/// Compiles `input` into a fresh temp folder; returns (guard, output dir).
+pub fn compile(input: &Path, dtype: Dtype, quant: QuantArg) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    build(&BuildRequest {
+        input: input.to_path_buf(),
+        output: out.clone(),
+        dtype: Some(dtype),
+        quant: Some(quant),
+        force: false,
+        command: vec!["test".into()],
+    })
+    .unwrap_or_else(|e| panic!("building {}: {e}", input.display()));
+    (tmp, out)
+}
+
+pub struct Golden {
+    pub prompt: Vec<i64>,
+    pub generated: Vec<i64>,
+    pub vocab: usize,
+    /// Rows of logits over prompt + generated[..-1].
+    pub logits: Vec<Vec<f32>>,
+}
+
+pub fn golden(name: &str) -> Golden {
+    let p = fixture(name).join("golden.json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&p).expect("golden.json")).expect("json");
+    let ints = |k: &str| -> Vec<i64> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    let shape = ints("logits_shape");
+    let vocab = shape[1] as usize;
+    let flat: Vec<f32> = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    Golden {
+        prompt: ints("prompt"),
+        generated: ints("generated"),
+        vocab,
+        logits: flat.chunks(vocab).map(|c| c.to_vec()).collect(),
+    }
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs the compiled decoder with a growing KV cache (batch 1, fp32 graphs).
+pub struct Decoder {
+    pub session: Session,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    /// Per layer (key, value), each [1, kv_heads, len, head_dim].
+    cache: Vec<(Vec<f32>, Vec<f32>)>,
+    pub len: usize,
+}
+
+impl Decoder {
+    pub fn open(dir: &Path) -> Decoder {
+        let engine: cog_weights::format::DecoderConfig =
+            serde_json::from_slice(&std::fs::read(dir.join("engine.json")).unwrap()).unwrap();
+        Decoder {
+            session: session(&dir.join(&engine.graph)),
+            layers: engine.num_layers,
+            kv_heads: engine.num_kv_heads,
+            head_dim: engine.head_dim,
+            vocab: engine.vocab_size,
+            cache: vec![(Vec::new(), Vec::new()); engine.num_layers],
+            len: 0,
+        }
+    }
+
+    /// Feeds `ids` after the cached tokens; returns one logits row per fed token.
+    pub fn step(&mut self, ids: &[i64]) -> Vec<Vec<f32>> {
+        let total = self.len + ids.len();
+        let mut inputs: Vec<(String, DynValue)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))
+                    .unwrap()
+                    .into_dyn(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array((vec![1i64, total as i64], vec![1i64; total]))
+                    .unwrap()
+                    .into_dyn(),
+            ),
+        ];
+        let shape = vec![
+            1i64,
+            self.kv_heads as i64,
+            self.len as i64,
+            self.head_dim as i64,
+        ];
+        for (i, (k, v)) in self.cache.iter().enumerate() {
+            for (name, data) in [("key", k), ("value", v)] {
+                inputs.push((
+                    format!("past_key_values.{i}.{name}"),
+                    Tensor::from_array((shape.clone(), data.clone()))
+                        .unwrap()
+                        .into_dyn(),
+                ));
+            }
+        }
+        let out = self.session.run(inputs).expect("run");
+        let (lshape, logits) = out["logits"].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(&**lshape, &[1, ids.len() as i64, self.vocab as i64]);
+        let rows = logits.chunks(self.vocab).map(|c| c.to_vec()).collect();
+        let mut cache = Vec::new();
+        for i in 0..self.layers {
+            let get = |n: String| {
+                let (s, d) = out[n.as_str()].try_extract_tensor::<f32>().unwrap();
+                assert_eq!(
+                    &**s,
+                    &[1, self.kv_heads as i64, total as i64, self.head_dim as i64]
+                );
+                d.to_vec()
+            };
+            cache.push((
+                get(format!("present.{i}.key")),
+                get(format!("present.{i}.value")),
+            ));
+        }
+        drop(out);
+        self.cache = cache;
+        self.len = total;
+        rows
+    }
+}
