@@ -113,48 +113,7 @@ impl Ctx<'_> {
             }
             Some(q) => {
                 self.reports.push(quant::report(name, scheme, w, &q));
-                let blob = q.block * q.bits as usize / 8;
-                let b = self.g.weight(
-                    &format!("{name}.weight_Q{}", q.bits),
-                    DataType::Uint8,
-                    &[q.n, q.k_blocks, blob],
-                    &q.packed,
-                )?;
-                let s = self.g.weight(
-                    &format!("{name}.weight_scales"),
-                    self.dtype.onnx(),
-                    &[q.n * q.k_blocks],
-                    &self.dtype.encode(&q.scales),
-                )?;
-                let mut inputs = vec![x.to_string(), b, s];
-                if let Some(z) = &q.zero_points {
-                    inputs.push(self.g.weight(
-                        &format!("{name}.weight_zp"),
-                        self.dtype.onnx(),
-                        &[q.n * q.k_blocks],
-                        &self.dtype.encode(z),
-                    )?);
-                }
-                let inputs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
-                let attrs = [
-                    ("K", Attr::Int(q.k as i64)),
-                    ("N", Attr::Int(q.n as i64)),
-                    ("bits", Attr::Int(q.bits as i64)),
-                    ("block_size", Attr::Int(q.block as i64)),
-                    // 0: keep the compute type of the inputs (no int8 activations).
-                    ("accuracy_level", Attr::Int(0)),
-                ];
-                Ok(self
-                    .g
-                    .node(
-                        &format!("/{name}/MatMulNBits"),
-                        "MatMulNBits",
-                        MS_DOMAIN,
-                        &inputs,
-                        1,
-                        &attrs,
-                    )
-                    .remove(0))
+                quant::emit::matmul_nbits(self.g, name, x, &q, self.dtype)
             }
         }
     }

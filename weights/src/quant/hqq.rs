@@ -16,6 +16,11 @@ const KAPPA: f32 = 1.01;
 const ITERS: usize = 20;
 
 pub fn quantize(w: &Tensor, bits: u8, group: usize) -> Quantized {
+    quantize_with(w, bits, group, ITERS)
+}
+
+/// [`quantize`] with a given iteration budget (0: plain min/max with a rounded zero point).
+pub fn quantize_with(w: &Tensor, bits: u8, group: usize, iters: usize) -> Quantized {
     let (n, k) = (w.shape[0], w.shape[1]);
     let (k_blocks, k_pad) = padded_rows(w, group);
     let qmax = ((1u32 << bits) - 1) as f32;
@@ -48,7 +53,7 @@ pub fn quantize(w: &Tensor, bits: u8, group: usize) -> Quantized {
     let chunk = groups.div_ceil(threads).max(1);
     let mut best = f32::INFINITY;
     let mut beta = BETA0;
-    for _ in 0..ITERS {
+    for _ in 0..iters {
         // One proximal step on every group; returns the sum of |w - deq(w)| before the update.
         let mut err_sum = 0f64;
         std::thread::scope(|sc| {

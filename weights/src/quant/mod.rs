@@ -6,6 +6,7 @@
 //! float `zero_points` likewise. Dequantised value = (q - zero_point) * scale, where the zero
 //! point defaults to 2^(bits-1) when absent. K is zero-padded to a whole block.
 
+pub mod emit;
 pub mod hqq;
 pub mod rtn;
 
