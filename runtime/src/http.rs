@@ -316,19 +316,17 @@ fn sse_response(prediction: Arc<Prediction>, owner: bool) -> Response {
         }
         let event = match st.history.pop_front() {
             Some(e) => e,
-            None => loop {
-                match st.rx.recv().await {
-                    Ok(e) => break e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
-                        st.done = true;
-                        let ev = Event::default().event("error").data(
-                            json!({"error": "SSE stream lagged; events were dropped", "skipped": skipped})
-                                .to_string(),
-                        );
-                        return Some((Ok::<_, Infallible>(ev), st));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            None => match st.rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    st.done = true;
+                    let ev = Event::default().event("error").data(
+                        json!({"error": "SSE stream lagged; events were dropped", "skipped": skipped})
+                            .to_string(),
+                    );
+                    return Some((Ok::<_, Infallible>(ev), st));
                 }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             },
         };
         st.done = matches!(*event, StreamEvent::Completed { .. });
