@@ -1,1 +1,4 @@
 //! The engine shared by the predictors: ONNX Runtime sessions, text generation, vision, diffusion.
+
+pub mod llm;
+pub mod ort_env;

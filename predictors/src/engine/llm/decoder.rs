@@ -1,0 +1,398 @@
+//! The generation loop over a compiled decoder graph (`engine.json` = [`DecoderConfig`]): one prefill run
+//! over the prompt, then one run per token, with the KV cache kept in ONNX Runtime values bound through
+//! IoBinding so it never leaves the device between steps:
+//! - growing cache (graphs that concatenate past and new keys): each step's `present.*` outputs are
+//!   allocated by ORT on the session's device and bound, as they are, as the next step's `past_key_values.*`;
+//! - shared buffer (`shared_kv_buffer`, GroupQueryAttention): one buffer per layer and K/V, allocated on the
+//!   device at `context_length`, bound as both past and present once; the graph grows the cache in place and
+//!   reads the valid length from the attention mask.
+//!
+//! Only inputs the graph declares are bound (`position_ids` is supplied when declared; any other unknown
+//! input is an error naming it). Logits come back to the host; only the last position's row is used.
+
+use super::sampling::Sampler;
+use crate::engine::ort_env::{Ep, LoadedFrom, OrtRuntime, SessionOptions};
+use cog_weights::format::{DecoderConfig, DecoderIo, FORMAT_VERSION};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecoderError {
+    #[error("{path}: {message}")]
+    Config { path: String, message: String },
+    #[error("the graph {what}")]
+    Graph { what: String },
+    #[error("prompt is {len} tokens; the model's context is {context} (it must leave room for one new token)")]
+    PromptTooLong { len: usize, context: usize },
+    #[error("empty prompt")]
+    EmptyPrompt,
+    #[error("onnx runtime: {0}")]
+    Ort(String),
+    #[error(transparent)]
+    Env(#[from] crate::engine::ort_env::OrtEnvError),
+}
+
+fn ort_err(e: impl std::fmt::Display) -> DecoderError {
+    DecoderError::Ort(e.to_string())
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced one of the stop (EOS) ids.
+    Stop,
+    /// `max_new_tokens` or the end of the context was reached.
+    Length,
+    Cancelled,
+}
+
+/// What one generation produced, with the timestamps metrics are computed from.
+#[derive(Debug, Clone)]
+pub struct DecodeOutcome {
+    /// Generated ids, without the stop id.
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    pub started: Instant,
+    pub first_token_at: Option<Instant>,
+    pub last_token_at: Option<Instant>,
+}
+
+struct LayerNames {
+    past: [String; 2],
+    present: [String; 2],
+}
+
+pub struct DecoderModel {
+    session: Mutex<Session>,
+    pub config: DecoderConfig,
+    layers: Vec<LayerNames>,
+    inputs: HashSet<String>,
+    kv_type: TensorElementType,
+    device: MemoryInfo<'static>,
+    pub ep: Ep,
+    pub loaded_from: LoadedFrom,
+}
+
+impl DecoderModel {
+    /// Reads `engine.json` in `dir` and builds the session for its graph.
+    pub fn load(
+        rt: &OrtRuntime,
+        dir: &Path,
+        opts: &SessionOptions,
+    ) -> Result<DecoderModel, DecoderError> {
+        let path = dir.join("engine.json");
+        let cerr = |m: String| DecoderError::Config {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| cerr(e.to_string()))?;
+        let config: DecoderConfig = serde_json::from_str(&text).map_err(|e| cerr(e.to_string()))?;
+        if config.format_version > FORMAT_VERSION {
+            return Err(cerr(format!(
+                "format_version {} is newer than this engine's {FORMAT_VERSION}",
+                config.format_version
+            )));
+        }
+        let kv_type = match config.kv_dtype.as_str() {
+            "float32" => TensorElementType::Float32,
+            "float16" => TensorElementType::Float16,
+            "bfloat16" => TensorElementType::Bfloat16,
+            other => {
+                return Err(cerr(format!(
+                    "kv_dtype {other:?} is not float32, float16 or bfloat16"
+                )))
+            }
+        };
+        let (session, loaded_from) = rt.session(&dir.join(&config.graph), opts)?;
+        let io = &config.io;
+        let layers: Vec<LayerNames> = (0..config.num_layers)
+            .map(|i| LayerNames {
+                past: [
+                    DecoderIo::layer(&io.past_key, i),
+                    DecoderIo::layer(&io.past_value, i),
+                ],
+                present: [
+                    DecoderIo::layer(&io.present_key, i),
+                    DecoderIo::layer(&io.present_value, i),
+                ],
+            })
+            .collect();
+        let inputs: HashSet<String> = session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let outputs: HashSet<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let ids_name = io
+            .input_ids
+            .clone()
+            .filter(|n| inputs.contains(n))
+            .ok_or_else(|| DecoderError::Graph {
+                what: "takes no `input_ids` (inputs_embeds-only graphs need the multimodal path)"
+                    .into(),
+            })?;
+        let mut known: HashSet<&str> = [
+            ids_name.as_str(),
+            io.attention_mask.as_str(),
+            "position_ids",
+        ]
+        .into();
+        for l in &layers {
+            known.extend(l.past.iter().map(String::as_str));
+        }
+        if let Some(unknown) = inputs.iter().find(|n| !known.contains(n.as_str())) {
+            return Err(DecoderError::Graph {
+                what: format!("declares input `{unknown}`, which the engine cannot supply"),
+            });
+        }
+        let mut needed: Vec<&str> = vec![io.logits.as_str()];
+        for l in &layers {
+            needed.extend(l.present.iter().map(String::as_str));
+        }
+        if let Some(missing) = needed.iter().find(|n| !outputs.contains(**n)) {
+            return Err(DecoderError::Graph {
+                what: format!("has no output `{missing}` (engine.json names it)"),
+            });
+        }
+        for l in &layers {
+            if let Some(missing) = l.past.iter().find(|n| !inputs.contains(*n)) {
+                return Err(DecoderError::Graph {
+                    what: format!("has no input `{missing}` (engine.json names it)"),
+                });
+            }
+        }
+        let device = match rt.ep {
+            Ep::Cpu => MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+            Ep::Cuda => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+        }
+        .map_err(ort_err)?;
+        tracing::info!(graph = %config.graph, layers = config.num_layers, context = config.context_length, kv = %config.kv_dtype,
+            shared_kv = config.io.shared_kv_buffer, ep = rt.ep.name(), "decoder loaded");
+        Ok(DecoderModel {
+            session: Mutex::new(session),
+            config,
+            layers,
+            inputs,
+            kv_type,
+            device,
+            ep: rt.ep,
+            loaded_from,
+        })
+    }
+
+    /// Runs prefill and decode. `on_token` sees every generated id (not the stop id) as soon as it is chosen;
+    /// `is_cancelled` is checked before every model run.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(u32),
+        is_cancelled: &dyn Fn() -> bool,
+    ) -> Result<DecodeOutcome, DecoderError> {
+        let started = Instant::now();
+        let context = self.config.context_length;
+        if prompt.is_empty() {
+            return Err(DecoderError::EmptyPrompt);
+        }
+        if prompt.len() >= context {
+            return Err(DecoderError::PromptTooLong {
+                len: prompt.len(),
+                context,
+            });
+        }
+        let budget = max_new_tokens.min(context - prompt.len());
+        let mut out = DecodeOutcome {
+            tokens: Vec::new(),
+            finish: FinishReason::Length,
+            started,
+            first_token_at: None,
+            last_token_at: None,
+        };
+        if budget == 0 {
+            return Ok(out);
+        }
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut binding = session.create_binding().map_err(ort_err)?;
+        let mut kv = self.init_cache(&session, &mut binding)?;
+        let stop: &[u32] = &self.config.tokens.eos_token_ids;
+        let mut input: Vec<u32> = prompt.to_vec();
+        let mut past = 0usize;
+        loop {
+            if is_cancelled() {
+                out.finish = FinishReason::Cancelled;
+                break;
+            }
+            let logits = self.step(&mut session, &mut binding, &mut kv, &input, past)?;
+            past += input.len();
+            let token = sampler.sample(&logits);
+            let now = Instant::now();
+            out.first_token_at.get_or_insert(now);
+            if stop.contains(&token) {
+                out.finish = FinishReason::Stop;
+                break;
+            }
+            out.last_token_at = Some(now);
+            out.tokens.push(token);
+            on_token(token);
+            if out.tokens.len() >= budget {
+                out.finish = FinishReason::Length;
+                break;
+            }
+            input.clear();
+            input.push(token);
+        }
+        Ok(out)
+    }
+
+    fn init_cache(&self, session: &Session, binding: &mut IoBinding) -> Result<Kv, DecoderError> {
+        let c = &self.config;
+        if c.io.shared_kv_buffer {
+            let alloc = Allocator::new(session, self.device.clone()).map_err(ort_err)?;
+            let mut bufs = Vec::with_capacity(self.layers.len() * 2);
+            for l in &self.layers {
+                for j in 0..2 {
+                    let mut t = DynTensor::new(
+                        &alloc,
+                        self.kv_type,
+                        [1, c.num_kv_heads, c.context_length, c.head_dim],
+                    )
+                    .map_err(ort_err)?;
+                    binding.bind_input(&l.past[j], &t).map_err(ort_err)?;
+                    binding
+                        .bind_output(&l.present[j], &mut t)
+                        .map_err(ort_err)?;
+                    bufs.push(t);
+                }
+            }
+            Ok(Kv::Shared(bufs))
+        } else {
+            // An empty past ([1, heads, 0, head_dim]) for the prefill; afterwards the presents take its place.
+            let empty = (0..self.layers.len() * 2)
+                .map(|_| {
+                    DynTensor::new(
+                        &Allocator::default(),
+                        self.kv_type,
+                        [1, c.num_kv_heads, 0, c.head_dim],
+                    )
+                    .map(|t| t.into_dyn())
+                })
+                .collect::<Result<Vec<DynValue>, _>>()
+                .map_err(ort_err)?;
+            Ok(Kv::Growing(empty))
+        }
+    }
+
+    fn step(
+        &self,
+        session: &mut Session,
+        binding: &mut IoBinding,
+        kv: &mut Kv,
+        ids: &[u32],
+        past: usize,
+    ) -> Result<Vec<f32>, DecoderError> {
+        let io = &self.config.io;
+        let n = ids.len();
+        let ids64: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let input_ids = Tensor::from_array(([1usize, n], ids64)).map_err(ort_err)?;
+        binding
+            .bind_input(io.input_ids.as_deref().unwrap_or("input_ids"), &input_ids)
+            .map_err(ort_err)?;
+        if self.inputs.contains(&io.attention_mask) {
+            let mask =
+                Tensor::from_array(([1usize, past + n], vec![1i64; past + n])).map_err(ort_err)?;
+            binding
+                .bind_input(&io.attention_mask, &mask)
+                .map_err(ort_err)?;
+        }
+        if self.inputs.contains("position_ids") {
+            let pos = Tensor::from_array((
+                [1usize, n],
+                (past as i64..(past + n) as i64).collect::<Vec<_>>(),
+            ))
+            .map_err(ort_err)?;
+            binding.bind_input("position_ids", &pos).map_err(ort_err)?;
+        }
+        if let Kv::Growing(values) = kv {
+            for (l, pair) in self.layers.iter().zip(values.chunks(2)) {
+                for (j, past) in pair.iter().enumerate() {
+                    binding.bind_input(&l.past[j], past).map_err(ort_err)?;
+                    binding
+                        .bind_output_to_device(&l.present[j], &self.device)
+                        .map_err(ort_err)?;
+                }
+            }
+        }
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(ort_err)?;
+        binding
+            .bind_output_to_device(&io.logits, &host)
+            .map_err(ort_err)?;
+        let mut outputs = session.run_binding(binding).map_err(ort_err)?;
+        if let Kv::Growing(values) = kv {
+            for (i, l) in self.layers.iter().enumerate() {
+                for j in 0..2 {
+                    values[i * 2 + j] = outputs
+                        .remove(&l.present[j])
+                        .ok_or_else(|| ort_err(format!("no output {}", l.present[j])))?;
+                }
+            }
+        }
+        let logits = outputs
+            .remove(&io.logits)
+            .ok_or_else(|| ort_err("no logits output"))?;
+        last_row(&logits)
+    }
+}
+
+enum Kv {
+    Growing(Vec<DynValue>),
+    // The buffers are bound once; kept here so they live as long as the binding uses them.
+    #[allow(dead_code)]
+    Shared(Vec<DynTensor>),
+}
+
+/// The last position's logits as f32 (the graph may return f16/bf16); the row length is the graph's own
+/// last dimension (it may be padded beyond the tokenizer's vocabulary).
+fn last_row(v: &DynValue) -> Result<Vec<f32>, DecoderError> {
+    fn tail<T: Copy>(shape: &[i64], data: &[T]) -> Result<Vec<T>, DecoderError> {
+        let row = shape.last().copied().unwrap_or(0).max(0) as usize;
+        if row == 0 || data.len() < row {
+            return Err(ort_err(format!("logits of shape {shape:?}")));
+        }
+        Ok(data[data.len() - row..].to_vec())
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<f32>() {
+        return tail(s, d);
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<half::f16>() {
+        return Ok(tail(s, d)?.iter().map(|x| x.to_f32()).collect());
+    }
+    let (s, d) = v.try_extract_tensor::<half::bf16>().map_err(ort_err)?;
+    Ok(tail(s, d)?.iter().map(|x| x.to_f32()).collect())
+}

@@ -1,0 +1,16 @@
+//! Text generation: tokenizer and chat template, sampling, incremental detokenizer, the decode loop, and
+//! the [`Generator`] the language-model predictors call.
+
+pub mod decoder;
+pub mod detok;
+pub mod generator;
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
+
+pub use decoder::FinishReason;
+pub use generator::{
+    EngineOptions, GenerateError, GenerateRequest, Generation, Generator, Metrics, Prompt,
+};
+pub use sampling::SamplingConfig;
+pub use template::{ChatMessage, TemplateOptions};
