@@ -103,10 +103,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<Loaded, Error> {
 pub fn build(req: &BuildRequest) -> Result<BuildSummary, Error> {
     let is_gguf = req.input.extension().is_some_and(|e| e == "gguf");
     let loaded = if is_gguf {
-        return Err(Error::Unsupported(format!(
-            "{}: GGUF input",
-            req.input.display()
-        )));
+        crate::gguf::load(&req.input)?
     } else {
         load_hf_dir(&req.input)?
     };

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cli;
 mod error;
 pub mod format;
+pub mod gguf;
 pub mod onnx;
 pub mod quant;
 pub mod verify;

@@ -1,0 +1,45 @@
+//! ggml block formats to f32 (the reference layouts from ggml-quants.c: 32-element blocks, an f16
+//! scale first; 4-bit types keep elements 0..16 in the low nibbles and 16..32 in the high ones).
+
+use super::reader::GgmlType;
+use half::{bf16, f16};
+
+fn h(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut Vec<f32>) {
+    match ty {
+        GgmlType::F32 => out.extend(
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        ),
+        GgmlType::F16 => out.extend(data.chunks_exact(2).map(h)),
+        GgmlType::Bf16 => out.extend(
+            data.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Q8_0 => {
+            for b in data.chunks_exact(34) {
+                let d = h(&b[..2]);
+                out.extend(b[2..].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for b in data.chunks_exact(18) {
+                let d = h(&b[..2]);
+                let qs = &b[2..];
+                out.extend(qs.iter().map(|&q| ((q & 0xF) as i32 - 8) as f32 * d));
+                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for b in data.chunks_exact(20) {
+                let (d, m) = (h(&b[..2]), h(&b[2..4]));
+                let qs = &b[4..];
+                out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
+                out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+            }
+        }
+    }
+}

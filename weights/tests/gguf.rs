@@ -1,0 +1,116 @@
+//! The real SmolLM2-135M-Instruct, compiled from its Q4_1 GGUF (fetched by
+//! `scripts/setup.d/weights-smollm2`): the rebuilt tokenizer and chat template, and a greedy
+//! answer from our graph on ONNX Runtime CPU.
+
+mod common;
+
+use cog_weights::arch::Dtype;
+use cog_weights::build::{build, BuildRequest};
+use cog_weights::quant::QuantArg;
+use common::*;
+use std::path::PathBuf;
+
+fn smollm2_gguf() -> PathBuf {
+    let p = std::env::var_os("COG_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_dir().join("../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup (or scripts/setup.d/weights-smollm2), or set COG_SMOLLM2_GGUF",
+        p.display()
+    );
+    p
+}
+
+fn render_chat(dir: &std::path::Path, question: &str) -> String {
+    let template = std::fs::read_to_string(dir.join("chat_template.jinja")).expect("chat template");
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", &template).unwrap();
+    env.get_template("chat")
+        .unwrap()
+        .render(minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => question }],
+            add_generation_prompt => true,
+        })
+        .unwrap()
+}
+
+#[test]
+fn smollm2_gguf_answers_paris() {
+    let (_t, dir) = compile(&smollm2_gguf(), Dtype::Fp32, QuantArg::None);
+    let engine: cog_weights::format::DecoderConfig =
+        serde_json::from_slice(&std::fs::read(dir.join("engine.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            engine.num_layers,
+            engine.num_heads,
+            engine.num_kv_heads,
+            engine.hidden_size
+        ),
+        (30, 9, 3, 576)
+    );
+    assert_eq!(engine.vocab_size, 49152);
+
+    let prompt = render_chat(&dir, "What is the capital of France?");
+    assert!(
+        prompt.contains("<|im_start|>user\nWhat is the capital of France?<|im_end|>"),
+        "{prompt}"
+    );
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let enc = tok.encode(prompt.as_str(), false).unwrap();
+    let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+    // The ChatML markers must be single special tokens, not spelled out in bytes.
+    let im_start = tok
+        .token_to_id("<|im_start|>")
+        .expect("<|im_start|> in vocab") as i64;
+    assert_eq!(ids[0], im_start, "prompt starts with <|im_start|>: {ids:?}");
+    assert_eq!(
+        tok.decode(enc.get_ids(), false).unwrap(),
+        prompt,
+        "round trip"
+    );
+
+    let mut dec = Decoder::open(&dir);
+    let mut next = argmax(dec.step(&ids).last().unwrap()) as i64;
+    let mut out = Vec::new();
+    for _ in 0..24 {
+        if engine.tokens.eos_token_ids.contains(&(next as u32)) {
+            break;
+        }
+        out.push(next as u32);
+        next = argmax(&dec.step(&[next])[0]) as i64;
+    }
+    let answer = tok.decode(&out, true).unwrap();
+    eprintln!("SmolLM2 answered: {answer:?}");
+    assert!(answer.contains("Paris"), "answer without Paris: {answer:?}");
+}
+
+#[test]
+fn truncated_gguf_names_file_and_tensor() {
+    let src = std::fs::read(smollm2_gguf()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    // Half the file: the header parses, a tensor's data runs past the end.
+    std::fs::write(&cut, &src[..src.len() / 2]).unwrap();
+    let req = |input: &std::path::Path| BuildRequest {
+        input: input.to_path_buf(),
+        output: tmp.path().join("out"),
+        dtype: Some(Dtype::Fp32),
+        quant: Some(QuantArg::None),
+        force: false,
+        command: vec![],
+    };
+    let msg = build(&req(&cut)).unwrap_err().to_string();
+    assert!(
+        msg.contains("cut.gguf") && msg.contains("(tensor \"") && msg.contains("truncated"),
+        "{msg}"
+    );
+    // Cut inside the metadata.
+    std::fs::write(&cut, &src[..4096]).unwrap();
+    let msg = build(&req(&cut)).unwrap_err().to_string();
+    assert!(
+        msg.contains("cut.gguf") && msg.contains("truncated or corrupt at byte"),
+        "{msg}"
+    );
+    assert!(!tmp.path().join("out").exists());
+}
