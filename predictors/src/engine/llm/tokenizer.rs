@@ -80,9 +80,12 @@ pub fn tiktoken_to_tokenizer_json(
     }
     merges.sort_unstable();
     let unicode = |b: &[u8]| b.iter().map(|x| b2u[*x as usize]).collect::<String>();
+    // Specials go into the model's vocabulary too: `tokenizers` gives an added token that the model does not
+    // know the next free id, ignoring the id in the file (cl100k leaves 100256 unused, so ids would shift).
     let vocab: serde_json::Map<String, serde_json::Value> = by_rank
         .iter()
         .map(|(b, r)| (unicode(b), (*r).into()))
+        .chain(specials.iter().map(|(s, id)| (s.to_string(), (*id).into())))
         .collect();
     let merges: Vec<serde_json::Value> = merges
         .iter()
