@@ -51,33 +51,65 @@ fn smollm2_gguf_answers_paris() {
     );
     assert_eq!(engine.vocab_size, 49152);
 
+    let golden: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("smollm2_gguf.json"))
+            .expect("golden from weights/reference/smollm2_gguf_golden.py"),
+    )
+    .unwrap();
+    let ints = |k: &str| -> Vec<i64> {
+        golden[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    };
+
+    // Template and tokenizer rebuilt from GGUF metadata agree with transformers' GGUF loader.
     let prompt = render_chat(&dir, "What is the capital of France?");
-    assert!(
-        prompt.contains("<|im_start|>user\nWhat is the capital of France?<|im_end|>"),
-        "{prompt}"
+    assert_eq!(
+        prompt,
+        golden["prompt"].as_str().unwrap(),
+        "chat template rendering"
     );
     let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let enc = tok.encode(prompt.as_str(), false).unwrap();
     let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
-    // The ChatML markers must be single special tokens, not spelled out in bytes.
-    let im_start = tok
-        .token_to_id("<|im_start|>")
-        .expect("<|im_start|> in vocab") as i64;
-    assert_eq!(ids[0], im_start, "prompt starts with <|im_start|>: {ids:?}");
+    assert_eq!(ids, ints("prompt_ids"), "token ids");
     assert_eq!(
         tok.decode(enc.get_ids(), false).unwrap(),
         prompt,
         "round trip"
     );
 
+    // Logits of the last prompt position at transformers' top-32 ids, then greedy tokens.
     let mut dec = Decoder::open(&dir);
-    let mut next = argmax(dec.step(&ids).last().unwrap()) as i64;
+    let last = dec.step(&ids).pop().unwrap();
+    let top_ids = ints("top_ids");
+    let top: Vec<f32> = golden["top_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let ours: Vec<f32> = top_ids.iter().map(|&i| last[i as usize]).collect();
+    let diff = max_abs_diff(&ours, &top);
+    eprintln!("SmolLM2 GGUF: max abs diff over transformers' top-32 logits {diff:e}");
+    assert!(diff <= 1e-4, "logits differ from transformers by {diff}");
+    assert_eq!(argmax(&last) as i64, top_ids[0]);
+
+    let want = ints("generated");
+    let mut next = argmax(&last) as i64;
     let mut out = Vec::new();
-    for _ in 0..24 {
+    for (t, &w) in want.iter().enumerate() {
+        assert_eq!(
+            next, w,
+            "greedy token {t} differs from transformers ({out:?})"
+        );
+        out.push(next as u32);
         if engine.tokens.eos_token_ids.contains(&(next as u32)) {
             break;
         }
-        out.push(next as u32);
         next = argmax(&dec.step(&[next])[0]) as i64;
     }
     let answer = tok.decode(&out, true).unwrap();

@@ -43,3 +43,48 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut Vec<f32>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16b(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_le_bytes()
+    }
+
+    #[test]
+    fn q8_0_block() {
+        let mut b = f16b(0.5).to_vec();
+        b.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let mut out = Vec::new();
+        dequantize(GgmlType::Q8_0, &b, &mut out);
+        let want: Vec<f32> = (0..32).map(|i| (i - 16) as f32 * 0.5).collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn q4_0_block_nibble_order() {
+        let mut b = f16b(2.0).to_vec();
+        // Byte j: low nibble is element j, high nibble element j + 16.
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut out = Vec::new();
+        dequantize(GgmlType::Q4_0, &b, &mut out);
+        for j in 0..16 {
+            assert_eq!(out[j], (j as f32 - 8.0) * 2.0);
+            assert_eq!(out[j + 16], ((15 - j) as f32 - 8.0) * 2.0);
+        }
+    }
+
+    #[test]
+    fn q4_1_block_min() {
+        let mut b = f16b(0.25).to_vec();
+        b.extend(f16b(-1.0));
+        b.extend((0..16u8).map(|j| j | (j << 4)));
+        let mut out = Vec::new();
+        dequantize(GgmlType::Q4_1, &b, &mut out);
+        for j in 0..16 {
+            assert_eq!(out[j], j as f32 * 0.25 - 1.0);
+            assert_eq!(out[j + 16], j as f32 * 0.25 - 1.0);
+        }
+    }
+}
