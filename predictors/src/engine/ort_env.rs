@@ -67,8 +67,10 @@ impl Ep {
 pub struct OrtRuntime {
     env: Environment,
     pub library: PathBuf,
-    /// Version string reported by the loaded library (part of the optimised-model cache key).
+    /// Version of the loaded library, from its file name (`unknown` if it has none).
     pub version: String,
+    /// ONNX Runtime's build info string (branch and commit); with `version`, part of the cache key.
+    pub build_info: String,
     pub ep: Ep,
 }
 
@@ -120,11 +122,17 @@ pub fn project_root() -> PathBuf {
 /// Loads ONNX Runtime once per process and chooses the execution provider (`COG_EP` overrides the
 /// automatic choice: CUDA when the loaded library has the CUDA provider, else CPU).
 pub fn runtime() -> Result<&'static OrtRuntime, OrtEnvError> {
-    let r = RUNTIME.get_or_init(|| init().map_err(|e| e.to_string()));
+    configure(None)
+}
+
+/// Like [`runtime`], with the provider chosen by the caller (e.g. a `--ep` flag) instead of `COG_EP`/auto.
+/// Only the first call in a process decides; later calls return the runtime already loaded.
+pub fn configure(ep: Option<Ep>) -> Result<&'static OrtRuntime, OrtEnvError> {
+    let r = RUNTIME.get_or_init(|| init(ep).map_err(|e| e.to_string()));
     r.as_ref().map_err(|m| OrtEnvError::Init(m.clone()))
 }
 
-fn init() -> Result<OrtRuntime, OrtEnvError> {
+fn init(forced: Option<Ep>) -> Result<OrtRuntime, OrtEnvError> {
     let library = find_library()?;
     let load_err = |e: &dyn std::fmt::Display| OrtEnvError::Load {
         path: library.clone(),
@@ -135,36 +143,52 @@ fn init() -> Result<OrtRuntime, OrtEnvError> {
         .with_name("cogrs")
         .build()
         .map_err(|e| load_err(&e))?;
-    let version = ort::info().to_string();
+    // The C API's version string is not public in `ort`; the wheel's file name carries it
+    // (libonnxruntime.so -> libonnxruntime.so.1.31.1). The build info (commit id) backs it up in the cache key.
+    let version = std::fs::canonicalize(&library)
+        .ok()
+        .and_then(|p| {
+            p.file_name()?
+                .to_str()?
+                .split_once(".so.")
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let build_info = ort::info().to_string();
     let requested = std::env::var("COG_EP")
         .ok()
         .filter(|s| !s.trim().is_empty());
-    let ep = match requested {
-        Some(s) => Ep::parse(&s)?,
-        None => {
-            // "Available" means the loaded library was built with the CUDA provider (the GPU wheel). Whether a
-            // device is present is found out when the first session registers it, with error_on_failure, so a
-            // broken CUDA install is an error rather than a silent fall back to the CPU.
-            use ort::ep::ExecutionProvider;
-            if ep::CUDA::is_available().unwrap_or(false) {
-                Ep::Cuda
-            } else {
-                Ep::Cpu
-            }
-        }
+    let (ep, chosen_by) = match (forced, requested) {
+        (Some(ep), _) => (ep, "caller"),
+        (None, Some(s)) => (Ep::parse(&s)?, "COG_EP"),
+        // "Available" means the loaded library was built with the CUDA provider (the GPU wheel). Whether a
+        // device is present is found out when the first session registers it, with error_on_failure, so a
+        // broken CUDA install is an error rather than a silent fall back to the CPU.
+        (None, None) => (if cuda_in_library() { Ep::Cuda } else { Ep::Cpu }, "auto"),
     };
-    let how = if std::env::var("COG_EP").is_ok() {
-        "COG_EP"
-    } else {
-        "auto"
-    };
-    tracing::info!(library = %library.display(), version = %version, ep = ep.name(), chosen_by = how, "onnx runtime loaded");
+    if ep == Ep::Cuda && !cuda_in_library() {
+        return Err(OrtEnvError::Provider {
+            ep: "cuda",
+            message: format!(
+                "{} has no CUDA provider: use the library of onnxruntime-gpu==1.31.1 (with \
+                 libonnxruntime_providers_cuda.so beside it) through ORT_DYLIB_PATH, or COG_EP=cpu",
+                library.display()
+            ),
+        });
+    }
+    tracing::info!(library = %library.display(), version = %version, ep = ep.name(), chosen_by, "onnx runtime loaded");
     Ok(OrtRuntime {
         env,
         library,
         version,
+        build_info,
         ep,
     })
+}
+
+fn cuda_in_library() -> bool {
+    use ort::ep::ExecutionProvider;
+    ep::CUDA::is_available().unwrap_or(false)
 }
 
 /// Where a session's graph came from.
@@ -316,6 +340,7 @@ impl OrtRuntime {
             }
         }
         h.update(self.version.as_bytes());
+        h.update(self.build_info.as_bytes());
         h.update(self.ep.name().as_bytes());
         let key = hex::encode(&h.finalize()[..8]);
         let name = graph.file_name().unwrap_or_default().to_string_lossy();
