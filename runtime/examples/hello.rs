@@ -68,6 +68,14 @@ impl Predictor for Hello {
     const STREAMING: bool = true;
 
     fn setup(ctx: &SetupContext) -> Result<Self, SetupError> {
+        // Tests that watch the STARTING state ask for a slow setup.
+        if let Some(secs) = std::env::var("HELLO_SETUP_DELAY")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            ctx.log(format!("hello: waiting {secs} s in setup"));
+            std::thread::sleep(Duration::from_secs_f64(secs));
+        }
         ctx.log("hello: nothing to load");
         Ok(Hello)
     }

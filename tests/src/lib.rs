@@ -9,7 +9,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,52 @@ pub fn cogrs_bin() -> PathBuf {
         .clone()
 }
 
+/// coglet 0.23.1's Python, from the venv `scripts/setup.d/runtime-coglet` makes.
+pub fn coglet_python() -> PathBuf {
+    let python = std::env::var_os("COGLET_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache/coglet-venv/bin/python"));
+    assert!(
+        python.exists(),
+        "coglet is not installed at {}: run scripts/setup (or scripts/setup.d/runtime-coglet)",
+        python.display()
+    );
+    python
+}
+
+/// Serves `tests/coglet/predict.py` (hello in Python) under coglet, with hello's own OpenAPI
+/// document in `.cog/openapi_schema.json` as `cog build` would write it. Not yet waited for.
+pub fn spawn_coglet(env: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        workspace_root().join("tests/coglet/predict.py"),
+        dir.path().join("predict.py"),
+    )
+    .unwrap();
+    let schema = Command::new(hello_bin()).arg("schema").output().unwrap();
+    assert!(schema.status.success());
+    std::fs::create_dir_all(dir.path().join(".cog")).unwrap();
+    std::fs::write(dir.path().join(".cog/openapi_schema.json"), schema.stdout).unwrap();
+    let python = coglet_python();
+    let bin_dir = python.parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let port = free_port();
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "cog.server.http", "--host", "127.0.0.1"])
+        .current_dir(dir.path())
+        .env("PORT", port.to_string())
+        .env("COG_PREDICT_TYPE_STUB", "predict.py:Predictor")
+        .env("PATH", path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (Server::spawn_command(cmd, port), dir)
+}
+
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -82,17 +128,22 @@ impl Server {
 
     pub fn spawn(bin: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let logs = tempfile::tempdir().unwrap();
-        let stderr = logs.path().join("stderr.log");
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn_command(cmd, port)
+    }
+
+    /// Starts any server command already told to listen on `port` of 127.0.0.1.
+    pub fn spawn_command(mut cmd: Command, port: u16) -> Server {
+        let logs = tempfile::tempdir().unwrap();
+        let stderr = logs.path().join("stderr.log");
+        let log_file = std::fs::File::create(&stderr).unwrap();
+        cmd.stdout(log_file.try_clone().unwrap()).stderr(log_file);
         let child = cmd.spawn().expect("start server");
         Server {
             child,
