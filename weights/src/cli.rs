@@ -91,3 +91,41 @@ pub fn run(cmd: WeightsCommand) -> Result<(), Error> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Stands in for the `cogrs` binary, which nests these under `weights`.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: WeightsCommand,
+    }
+
+    #[test]
+    fn parses_the_documented_form() {
+        let cli = Cli::try_parse_from([
+            "cogrs", "build", "ckpt", "-o", "out", "--dtype", "bf16", "--quant", "hqq8",
+        ])
+        .unwrap();
+        match cli.cmd {
+            WeightsCommand::Build(a) => {
+                assert_eq!(a.checkpoint, PathBuf::from("ckpt"));
+                assert_eq!(a.output, PathBuf::from("out"));
+                assert_eq!(a.dtype, Some(Dtype::Bf16));
+                assert_eq!(a.quant, Some(QuantArg::Hqq8));
+                assert!(!a.force);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["cogrs", "build", "ckpt", "-o", "o", "--quant", "q3"]).is_err()
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["cogrs", "verify", "dir"]).unwrap().cmd,
+            WeightsCommand::Verify { .. }
+        ));
+    }
+}

@@ -5,40 +5,40 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{}: invalid JSON: {source}", path.display())]
     Json {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}: required file is missing ({why})")]
+    #[error("{}: required file is missing ({why})", path.display())]
     MissingFile { path: PathBuf, why: String },
-    #[error("{path}: unknown architecture {name:?} (supported: {supported})")]
+    #[error("{}: unknown architecture {name:?} (supported: {supported})", path.display())]
     UnknownArchitecture {
         path: PathBuf,
         name: String,
         supported: String,
     },
-    #[error("{path}: {msg}")]
+    #[error("{}: {msg}", path.display())]
     Config { path: PathBuf, msg: String },
-    #[error("{file}: tensor {tensor:?} is missing")]
+    #[error("{}: tensor {tensor:?} is missing", file.display())]
     MissingTensor { file: PathBuf, tensor: String },
-    #[error("{file}: tensor {tensor:?} has shape {got:?}, expected {expected:?}")]
+    #[error("{}: tensor {tensor:?} has shape {got:?}, expected {expected:?}", file.display())]
     ShapeMismatch {
         file: PathBuf,
         tensor: String,
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-    #[error("{file}: corrupt safetensors: {msg}")]
+    #[error("{}: corrupt safetensors: {msg}", file.display())]
     Safetensors { file: PathBuf, msg: String },
-    #[error("{file}: bad GGUF{}: {msg}", tensor.as_ref().map(|t| format!(" (tensor {t:?})")).unwrap_or_default())]
+    #[error("{}: bad GGUF{}: {msg}", file.display(), tensor.as_ref().map(|t| format!(" (tensor {t:?})")).unwrap_or_default())]
     Gguf {
         file: PathBuf,
         tensor: Option<String>,
@@ -46,9 +46,9 @@ pub enum Error {
     },
     #[error("unsupported: {0}")]
     Unsupported(String),
-    #[error("{dir}: verification failed: {problems:?}")]
+    #[error("{}: verification failed: {}", dir.display(), problems.join("; "))]
     Verify { dir: PathBuf, problems: Vec<String> },
-    #[error("output {path} already exists (pass --force to replace it)")]
+    #[error("output {} already exists (pass --force to replace it)", path.display())]
     OutputExists { path: PathBuf },
     #[error("internal error: {0}")]
     Internal(String),

@@ -232,3 +232,30 @@ fn corrupt_safetensors_is_named() {
     );
     assert!(msg.contains("tensor \""), "names the tensor: {msg}");
 }
+
+#[test]
+fn cli_build_then_verify() {
+    use cog_weights::cli::{run, BuildArgs, WeightsCommand};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    run(WeightsCommand::Build(BuildArgs {
+        checkpoint: fixture("phi3"),
+        output: out.clone(),
+        dtype: None,
+        quant: None,
+        force: false,
+    }))
+    .unwrap();
+    // Phi-3's defaults are recorded in the manifest.
+    let m = verify(&out).unwrap();
+    assert_eq!(
+        (m.dtype.as_str(), m.quantization["linear"].as_str()),
+        ("fp16", "rtn4-b32")
+    );
+    run(WeightsCommand::Verify { dir: out.clone() }).unwrap();
+    std::fs::write(out.join("engine.json"), "{}").unwrap();
+    let err = run(WeightsCommand::Verify { dir: out })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("engine.json: size"), "{err}");
+}

@@ -176,3 +176,52 @@ fn quantised_phi3() {
     quantised_close("phi3", QuantArg::Rtn4, 0.45, 0.35);
     quantised_close("phi3", QuantArg::Hqq4, 0.45, 0.35);
 }
+
+/// Our HQQ against ONNX Runtime's Python HQQ quantiser on the same weight
+/// (weights/reference/hqq_golden.py).
+#[test]
+fn hqq_matches_onnxruntime_reference() {
+    let p = fixture("hqq_golden.json");
+    let g: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let shape: Vec<usize> = g["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    let w = Tensor::new(shape.clone(), floats(&g["weight"]));
+    for bits in [4u8, 8] {
+        let r = &g[format!("bits{bits}")];
+        let q = hqq::quantize(&w, bits, 64);
+        let (zero, scale) = (floats(&r["zero"]), floats(&r["scale"]));
+        let dz = max_abs_diff(q.zero_points.as_ref().unwrap(), &zero);
+        let ds = max_abs_diff(&q.scales, &scale);
+        // Codes: unpack ours and count disagreements (ties may round apart after float drift).
+        let codes = floats(&r["q"]);
+        let per_byte = 8 / bits as usize;
+        let mut ours = Vec::new();
+        for byte in &q.packed {
+            for j in 0..per_byte {
+                ours.push(((byte >> (j * bits as usize)) & ((1u16 << bits) - 1) as u8) as f32);
+            }
+        }
+        let differ = ours.iter().zip(&codes).filter(|(a, b)| a != b).count();
+        eprintln!("hqq{bits} vs onnxruntime: zero diff {dz:e}, scale diff {ds:e}, {differ}/{} codes differ", codes.len());
+        assert!(
+            ds <= 1e-6 * scale.iter().fold(0f32, |m, v| m.max(v.abs())),
+            "hqq{bits}: scales differ by {ds}"
+        );
+        assert!(dz <= 2e-4, "hqq{bits}: zero points differ by {dz}");
+        assert!(
+            differ * 1000 <= codes.len(),
+            "hqq{bits}: {differ} codes differ"
+        );
+    }
+}

@@ -189,6 +189,7 @@ impl TensorSource for SafetensorsSource {
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
         };
+        release_pages(&self.shards[e.shard].1, e.start, e.end);
         Ok(Tensor::new(e.shape.clone(), data))
     }
 
@@ -201,5 +202,18 @@ impl TensorSource for SafetensorsSource {
             Some(e) => self.shards[e.shard].0.clone(),
             None => self.shards.first().map(|s| s.0.clone()).unwrap_or_default(),
         }
+    }
+}
+
+/// Drops the mapped pages of a tensor once it has been converted: each tensor is read once, and
+/// without this a multi-GB checkpoint stays resident (and counted in RSS) for the whole build.
+/// Only whole pages inside the range are released; failure is harmless (pages stay cached).
+fn release_pages(map: &Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let (a, b) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+    if b > a {
+        // SAFETY: a read-only file mapping; after MADV_DONTNEED, later reads of
+        // these pages fault them back in from the file, so no reader can observe a change.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
     }
 }
