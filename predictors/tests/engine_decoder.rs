@@ -60,6 +60,7 @@ fn raw(prompt: &str, max_new_tokens: usize, sampling: SamplingConfig) -> Generat
         max_new_tokens,
         sampling,
         skip_special_tokens: false,
+        ignore_eos: false,
     }
 }
 
@@ -121,6 +122,16 @@ fn stops_on_eos() {
         .unwrap();
     assert_eq!(out.token_ids, Vec::<u32>::new());
     assert_eq!(out.finish_reason, FinishReason::Stop);
+    // ignore_eos runs through it (fixed-length benchmark runs): 256, then (256 + 256) mod 260 = 252, ...
+    let req = GenerateRequest {
+        ignore_eos: true,
+        ..raw("\u{7f}\u{7f}\u{2}", 3, SamplingConfig::default())
+    };
+    let out = g.generate(&req, &mut |_| {}, &|| false).unwrap();
+    assert_eq!(
+        (out.token_ids, out.finish_reason),
+        (vec![256, 252, 244], FinishReason::Length)
+    );
 }
 
 #[test]
@@ -221,6 +232,7 @@ fn chat_prompt_uses_the_models_template() {
         max_new_tokens: 8,
         sampling: SamplingConfig::default(),
         skip_special_tokens: false,
+        ignore_eos: false,
     };
     let out = g.generate(&req, &mut |_| {}, &|| false).unwrap();
     assert_eq!(

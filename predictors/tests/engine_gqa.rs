@@ -41,6 +41,7 @@ fn greedy(g: &Generator, prompt: &str, max_new_tokens: usize) -> (Vec<u32>, Fini
         max_new_tokens,
         sampling: SamplingConfig::default(),
         skip_special_tokens: false,
+        ignore_eos: false,
     };
     let out = g
         .generate(&req, &mut |_| {}, &|| false)

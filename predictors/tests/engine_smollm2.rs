@@ -56,6 +56,7 @@ fn smollm2_answers_like_transformers() {
         max_new_tokens: 64,
         sampling: SamplingConfig::default(),
         skip_special_tokens: true,
+        ignore_eos: false,
     };
     let mut chunks = Vec::new();
     let out = g

@@ -52,6 +52,15 @@ pub enum FinishReason {
     Cancelled,
 }
 
+/// Per-request limits of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeParams {
+    /// Upper bound on generated tokens; the context bounds it too.
+    pub max_new_tokens: usize,
+    /// Keep going through EOS ids (fixed-length runs for benchmarks).
+    pub ignore_eos: bool,
+}
+
 /// What one generation produced, with the timestamps metrics are computed from.
 #[derive(Debug, Clone)]
 pub struct DecodeOutcome {
@@ -205,7 +214,7 @@ impl DecoderModel {
     pub fn generate(
         &self,
         prompt: &[u32],
-        max_new_tokens: usize,
+        params: &DecodeParams,
         sampler: &mut Sampler,
         on_token: &mut dyn FnMut(u32),
         is_cancelled: &dyn Fn() -> bool,
@@ -221,7 +230,7 @@ impl DecoderModel {
                 context,
             });
         }
-        let budget = max_new_tokens.min(context - prompt.len());
+        let budget = params.max_new_tokens.min(context - prompt.len());
         let mut out = DecodeOutcome {
             tokens: Vec::new(),
             finish: FinishReason::Length,
@@ -235,7 +244,11 @@ impl DecoderModel {
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut binding = session.create_binding().map_err(ort_err)?;
         let mut kv = self.init_cache(&session, &mut binding)?;
-        let stop: &[u32] = &self.config.tokens.eos_token_ids;
+        let stop: &[u32] = if params.ignore_eos {
+            &[]
+        } else {
+            &self.config.tokens.eos_token_ids
+        };
         let mut input: Vec<u32> = prompt.to_vec();
         let mut past = 0usize;
         loop {

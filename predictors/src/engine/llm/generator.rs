@@ -1,7 +1,7 @@
 //! The API the language-model predictors call: load a compiled decoder folder once, then render the chat,
 //! tokenize, generate with streaming text chunks, and report the text, why it stopped, the seed and metrics.
 
-use super::decoder::{DecoderError, DecoderModel, FinishReason};
+use super::decoder::{DecodeParams, DecoderError, DecoderModel, FinishReason};
 use super::detok::IncrementalDecoder;
 use super::sampling::{Sampler, SamplingConfig};
 use super::template::{ChatMessage, ChatTemplate, TemplateError, TemplateOptions};
@@ -28,9 +28,21 @@ pub enum GenerateError {
 }
 
 /// How to load a model.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub session: SessionOptions,
+    /// Run a short generation at load, so the first request does not pay for lazy device setup
+    /// (cuBLAS handles, kernel selection, arena growth): about a second on CUDA.
+    pub warm_up: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            session: SessionOptions::default(),
+            warm_up: true,
+        }
+    }
 }
 
 /// The prompt: chat messages rendered through the model's template, or text used as is.
@@ -51,6 +63,8 @@ pub struct GenerateRequest {
     pub sampling: SamplingConfig,
     /// Drop special tokens from the text (false keeps e.g. `<think>` when the vocabulary marks it special).
     pub skip_special_tokens: bool,
+    /// Generate through EOS ids until `max_new_tokens` (fixed-length benchmark runs).
+    pub ignore_eos: bool,
 }
 
 /// Token counts and timings of one generation.
@@ -96,12 +110,30 @@ impl Generator {
             Err(e) => return Err(e.into()),
         };
         let decoder = DecoderModel::load(rt, dir, &opts.session)?;
-        Ok(Generator {
+        let g = Generator {
             dir: dir.to_path_buf(),
             decoder,
             tokenizer,
             template,
-        })
+        };
+        if opts.warm_up {
+            g.warm_up()?;
+        }
+        Ok(g)
+    }
+
+    /// Prefill of a two-token prompt plus one decode step, greedy, output discarded.
+    pub fn warm_up(&self) -> Result<(), GenerateError> {
+        let t = std::time::Instant::now();
+        let params = DecodeParams {
+            max_new_tokens: 2,
+            ignore_eos: true,
+        };
+        let mut sampler = Sampler::new(&SamplingConfig::default());
+        self.decoder
+            .generate(&[0, 0], &params, &mut sampler, &mut |_| {}, &|| false)?;
+        tracing::info!(ms = t.elapsed().as_millis() as u64, "decoder warmed up");
+        Ok(())
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -165,7 +197,10 @@ impl Generator {
         };
         let out = self.decoder.generate(
             &ids,
-            req.max_new_tokens,
+            &DecodeParams {
+                max_new_tokens: req.max_new_tokens,
+                ignore_eos: req.ignore_eos,
+            },
             &mut sampler,
             &mut emit,
             is_cancelled,
