@@ -9,7 +9,7 @@ use crate::prediction::PredictionEvents;
 use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
-use std::path::{Path as StdPath, PathBuf};
+use std::path::Path as StdPath;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +80,8 @@ pub struct PredictContext {
     pub(crate) id: String,
     pub(crate) cancel: CancellationToken,
     pub(crate) events: PredictionEvents,
-    pub(crate) scratch: PathBuf,
+    /// Made on first use: most predictions of small models never write a file.
+    pub(crate) scratch: std::sync::OnceLock<tempfile::TempDir>,
     pub(crate) context: HashMap<String, String>,
 }
 
@@ -118,9 +119,34 @@ impl PredictContext {
         self.events.output_chunk(chunk.into());
     }
 
-    /// A directory private to this prediction for artifacts; deleted after the response is built.
+    /// A directory private to this prediction for artifacts and downloaded inputs; deleted after
+    /// the response is built.
     pub fn scratch_dir(&self) -> &StdPath {
-        &self.scratch
+        self.scratch_tempdir()
+            .map(|d| d.path())
+            .unwrap_or_else(|_| StdPath::new("/nonexistent-scratch-dir"))
+    }
+
+    pub(crate) fn scratch_tempdir(&self) -> std::io::Result<&tempfile::TempDir> {
+        if let Some(d) = self.scratch.get() {
+            return Ok(d);
+        }
+        let prefix: String = self
+            .id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("cog-{prefix}-"))
+            .tempdir()?;
+        Ok(self.scratch.get_or_init(|| dir))
     }
 
     /// The request's `context` object (string values), as Replicate sends it.

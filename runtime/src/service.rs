@@ -352,21 +352,25 @@ impl PredictionService {
             context,
         } = run;
         prediction.set_processing();
-        let scratch = match tempfile::Builder::new()
-            .prefix(&format!("cog-{}-", sanitize_id(&prediction.id)))
-            .tempdir()
-        {
-            Ok(d) => d,
-            Err(e) => return Outcome::Failed(format!("cannot create temp dir: {e}")),
+        let ctx = PredictContext {
+            id: prediction.id.clone(),
+            cancel: prediction.cancel.clone(),
+            events: prediction.clone(),
+            scratch: OnceLock::new(),
+            context,
         };
         let valid = match early {
             Some(v) => v,
             None => {
+                let dir = match ctx.scratch_tempdir() {
+                    Ok(d) => d.path().join("inputs"),
+                    Err(e) => return Outcome::Failed(format!("cannot create temp dir: {e}")),
+                };
                 let fetch = files::fetch_inputs(
                     &self.client,
                     &mut input,
                     self.validator.file_fields(),
-                    scratch.path(),
+                    &dir,
                     &self.config.file_limits,
                 );
                 let fetched = tokio::select! {
@@ -382,24 +386,15 @@ impl PredictionService {
                 }
             }
         };
-        let ctx = PredictContext {
-            id: prediction.id.clone(),
-            cancel: prediction.cancel.clone(),
-            events: prediction.clone(),
-            scratch: scratch.path().join("output"),
-            context,
-        };
-        if let Err(e) = std::fs::create_dir_all(&ctx.scratch) {
-            return Outcome::Failed(format!("cannot create scratch dir: {e}"));
-        }
         let task_predictor = predictor.clone();
         let result = tokio::task::spawn_blocking(move || {
             let r = task_predictor.predict(valid, &ctx);
             (r, ctx)
         })
         .await;
-        let output = match result {
-            Ok((Ok(output), _)) => output,
+        // The context (and its scratch dir) lives until the output files are encoded.
+        let (output, _ctx) = match result {
+            Ok((Ok(output), ctx)) => (output, ctx),
             Ok((Err(PredictError::Canceled), _)) => return Outcome::Canceled,
             Ok((Err(PredictError::Input(e)), _)) => {
                 return Outcome::Invalid(vec![FieldError::value(e.field, e.msg)])
@@ -500,19 +495,6 @@ fn log_outcome(id: &str, outcome: &Outcome) {
             tracing::warn!(prediction_id = %id, errors = ?e, "prediction input refused")
         }
     }
-}
-
-fn sanitize_id(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect()
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
