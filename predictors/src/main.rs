@@ -7,7 +7,11 @@ use cog_weights::cli::WeightsCommand;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "cogrs", version, about = "Optimized ONNX models behind the Cog HTTP predictor protocol")]
+#[command(
+    name = "cogrs",
+    version,
+    about = "Optimized ONNX models behind the Cog HTTP predictor protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
