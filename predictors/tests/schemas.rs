@@ -18,7 +18,12 @@ fn committed_schemas_match_the_predictors() {
         }
         let committed = std::fs::read_to_string(&path)
             .unwrap_or_else(|_| panic!("{} is missing; run UPDATE_SCHEMAS=1", path.display()));
-        assert_eq!(generated, committed, "{name}: schema drifted from {}", path.display());
+        assert_eq!(
+            generated,
+            committed,
+            "{name}: schema drifted from {}",
+            path.display()
+        );
     }
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -84,7 +84,9 @@ pub fn init_logging() {
 /// The predictor named by the argument, else `COG_PREDICTOR`, else the binary's only predictor,
 /// else `predict` in `./cog.yaml`.
 fn choose<'a>(registry: &'a Registry, arg: Option<&str>) -> Result<&'a PredictorDef, String> {
-    let from_env = std::env::var("COG_PREDICTOR").ok().filter(|s| !s.is_empty());
+    let from_env = std::env::var("COG_PREDICTOR")
+        .ok()
+        .filter(|s| !s.is_empty());
     let name = match arg.map(str::to_owned).or(from_env) {
         Some(n) => Some(n),
         None if registry.single().is_some() => None,

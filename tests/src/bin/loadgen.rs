@@ -49,14 +49,24 @@ fn tree_rss(pid: u32) -> u64 {
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
             for line in status.lines() {
                 if let Some(kb) = line.strip_prefix("VmRSS:") {
-                    total += kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) * 1024;
+                    total += kb
+                        .trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                        * 1024;
                 }
             }
         }
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for t in tasks.flatten() {
                 if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
-                    stack.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                    stack.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
                 }
             }
         }
@@ -76,7 +86,10 @@ struct Result {
 }
 
 async fn run(name: &'static str, server: &Server, args: &Args) -> Result {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
     let url = server.url("/predictions");
     let body = json!({"input": {"text": "x"}}).to_string();
     let one = || {
@@ -129,7 +142,11 @@ async fn run(name: &'static str, server: &Server, args: &Args) -> Result {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = parse_args();
-    assert!(args.hello.exists(), "{} missing: cargo build --release -p cog-runtime --example hello", args.hello.display());
+    assert!(
+        args.hello.exists(),
+        "{} missing: cargo build --release -p cog-runtime --example hello",
+        args.hello.display()
+    );
     let _ = coglet_python();
     let _ = free_port();
     let ours = Server::start(&args.hello, &[], &[("COG_LOG_LEVEL", "warn")]).await;
@@ -156,8 +173,14 @@ async fn main() {
         r_ours.rss_mb / r_theirs.rss_mb
     );
     if let Some(path) = &args.json {
-        let row = |r: &Result| json!({"server": r.name, "requests": r.done, "rps": r.rps, "p50_ms": r.p50_ms,
-                                      "p99_ms": r.p99_ms, "rss_mb": r.rss_mb, "conflicts": r.conflicts, "errors": r.errors});
-        std::fs::write(path, serde_json::to_string_pretty(&json!([row(&r_ours), row(&r_theirs)])).unwrap()).unwrap();
+        let row = |r: &Result| {
+            json!({"server": r.name, "requests": r.done, "rps": r.rps, "p50_ms": r.p50_ms,
+                                      "p99_ms": r.p99_ms, "rss_mb": r.rss_mb, "conflicts": r.conflicts, "errors": r.errors})
+        };
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&json!([row(&r_ours), row(&r_theirs)])).unwrap(),
+        )
+        .unwrap();
     }
 }
