@@ -459,3 +459,26 @@ async fn sse_streams_events_and_non_streaming_is_406() {
     );
     assert!(text.contains(r#"data: {"chunk":"yo","index":0}"#));
 }
+
+#[tokio::test]
+async fn setup_timeout_fails_setup() {
+    let mut config = cog_runtime::ServiceConfig::from_env(1);
+    config.weights = Some("wait:3000".into());
+    config.setup_timeout = Some(Duration::from_millis(200));
+    let service = cog_runtime::PredictionService::new(common::def(), config).unwrap();
+    service.run_setup().await;
+    let app = routes(service);
+    let (_, h) = json_of(
+        &app,
+        Request::get("/health-check").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(h["status"], "SETUP_FAILED");
+    assert!(
+        h["setup"]["logs"]
+            .as_str()
+            .unwrap()
+            .contains("setup timed out"),
+        "{h}"
+    );
+}

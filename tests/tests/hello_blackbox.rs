@@ -513,3 +513,51 @@ async fn sse_stream_close_of_owner_cancels() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn no_temp_files_are_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_path = tmp.path().to_str().unwrap().to_string();
+    let up = Receiver::start(vec![500], None).await;
+    let upload_url = format!("{}/upload", up.base);
+    let server = Server::start(&hello_bin(), &[], &[("TMPDIR", &tmp_path)]).await;
+    for body in [
+        json!({"input": {"text": "a", "write_file": true}}),
+        json!({"input": {"text": "a", "image": "data:image/png;base64,aGVsbG8=", "write_file": true}}),
+        json!({"input": {"text": "a", "image": "data:image/png;base64,aGVsbG8=", "fail": true}}),
+    ] {
+        let (code, _) = post(&server, body).await;
+        assert_eq!(code, 200);
+    }
+    // A failed upload must clean up too.
+    let failing = Server::start(
+        &hello_bin(),
+        &["--upload-url", &upload_url],
+        &[("TMPDIR", &tmp_path)],
+    )
+    .await;
+    let (_, body) = post(
+        &failing,
+        json!({"input": {"text": "a", "write_file": true}}),
+    )
+    .await;
+    assert_eq!(body["status"], "failed");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+}
+
+#[tokio::test]
+async fn kubernetes_readiness_file_is_written_once_ready() {
+    let ready = std::path::Path::new("/var/run/cog/ready");
+    let _ = std::fs::remove_file(ready);
+    let _server = Server::start(
+        &hello_bin(),
+        &[],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("HELLO_SETUP_DELAY", "0.3"),
+        ],
+    )
+    .await;
+    assert!(ready.exists(), "/var/run/cog/ready not written");
+}
