@@ -37,6 +37,10 @@ fn main() {
     let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| "/tmp/cogrs-bench".into()));
     let layers: usize = arg(&args, "--layers").map_or(36, |v| v.parse().expect("--layers N"));
     let ckpt = dir.join(format!("smollm3-3b-shaped-{layers}l"));
+    if args.iter().any(|a| a == "--quant-only") {
+        quant_only();
+        return;
+    }
     if let Some(cfg) = arg(&args, "--child") {
         child(&ckpt, &dir, &cfg);
         return;
@@ -86,6 +90,37 @@ fn main() {
             gib(f[1] as u64),
             f[1] / ckpt_bytes as f64,
             gib(f[2] as u64)
+        );
+    }
+}
+
+/// Times the quantisers alone on one gate_up-sized matrix (2·11008 × 2048), single run each.
+fn quant_only() {
+    use cog_weights::checkpoint::Tensor;
+    let (n, k) = (2 * INTER, HIDDEN);
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    let data = (0..n * k)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            ((rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07
+        })
+        .collect();
+    let w = Tensor::new(vec![n, k], data);
+    for q in [
+        QuantArg::Rtn4,
+        QuantArg::Rtn8,
+        QuantArg::Hqq4,
+        QuantArg::Hqq8,
+    ] {
+        let t = Instant::now();
+        let _ = cog_weights::quant::quantize(&w, q.scheme());
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "{q:?}: {s:.2} s for {:.1} M weights ({:.1} ns/weight)",
+            (n * k) as f64 / 1e6,
+            s * 1e9 / (n * k) as f64
         );
     }
 }

@@ -43,7 +43,7 @@ pub fn quantize_with(w: &Tensor, bits: u8, group: usize, iters: usize) -> Quanti
         let range = if mx - mn == 0.0 { qmax } else { mx - mn };
         let s = (qmax / range).min(2e4);
         inv_scale[g] = s;
-        zero[g] = round_even(-mn * s);
+        zero[g] = (-mn * s).round_ties_even();
     }
 
     let threads = std::thread::available_parallelism()
@@ -71,14 +71,7 @@ pub fn quantize_with(w: &Tensor, bits: u8, group: usize, iters: usize) -> Quanti
                             let rs = 1.0 / s;
                             let zz = *z;
                             let vals = &wp[g * group..(g + 1) * group];
-                            let (mut acc, mut e_sum) = (0f32, 0f32);
-                            for &v in vals {
-                                let q = round_even(v * s + zz).clamp(0.0, qmax);
-                                let e = v - (q - zz) * rs;
-                                e_sum += e.abs();
-                                let we = shrink(e, beta);
-                                acc += q - (v - we) * s;
-                            }
+                            let (acc, e_sum) = group_step(vals, s, rs, zz, qmax, beta);
                             err += e_sum as f64;
                             *z = acc / group as f32;
                         }
@@ -103,7 +96,7 @@ pub fn quantize_with(w: &Tensor, bits: u8, group: usize, iters: usize) -> Quanti
     for g in 0..groups {
         let (s, z) = (inv_scale[g], zero[g]);
         for (i, &v) in wp[g * group..(g + 1) * group].iter().enumerate() {
-            q[g * group + i] = round_even(v * s + z).clamp(0.0, qmax) as u8;
+            q[g * group + i] = quant_code(v * s + z, qmax) as u8;
         }
     }
     Quantized {
@@ -119,34 +112,70 @@ pub fn quantize_with(w: &Tensor, bits: u8, group: usize, iters: usize) -> Quanti
 }
 
 /// Generalised soft-thresholding for the l_p norm (p < 1).
-fn shrink(x: f32, beta: f32) -> f32 {
+#[inline]
+fn shrink(x: f32, inv_beta: f32) -> f32 {
     let a = x.abs();
-    let t = a - (1.0 / beta) * pow_approx(a + 1e-8, LP_NORM - 1.0);
+    let t = a - inv_beta * pow_approx(a + 1e-8, LP_NORM - 1.0);
     (t.max(0.0)).copysign(x)
 }
 
-/// Round half to even, as torch.round does (the reference rounds with it). The magic-number
-/// form is exact for |x| < 2^22 and, unlike a libm call, vectorises; quantiser inputs are
-/// bounded by the code range.
+/// One proximal step over a group: returns (sum of q - (w - w_e)·s, sum of |w - deq(w)|).
+/// Runs in chunks of eight with per-lane sums so the compiler vectorises it (one ordered f32 sum
+/// would not); every helper below is branch-free and inlined for the same reason.
 #[inline]
-fn round_even(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    if x.abs() < 4_194_304.0 {
-        (x + MAGIC) - MAGIC
-    } else {
-        x.round_ties_even()
+fn group_step(vals: &[f32], s: f32, rs: f32, z: f32, qmax: f32, beta: f32) -> (f32, f32) {
+    const L: usize = 8;
+    let inv_beta = 1.0 / beta;
+    let (mut acc, mut err) = ([0f32; L], [0f32; L]);
+    let chunks = vals.chunks_exact(L);
+    let rem = chunks.remainder();
+    for c in chunks {
+        let c: &[f32; L] = c.try_into().expect("chunk of L");
+        for l in 0..L {
+            let (a, e) = element_step(c[l], s, rs, z, qmax, inv_beta);
+            acc[l] += a;
+            err[l] += e;
+        }
     }
+    for &v in rem {
+        let (a, e) = element_step(v, s, rs, z, qmax, inv_beta);
+        acc[0] += a;
+        err[0] += e;
+    }
+    (acc.iter().sum(), err.iter().sum())
+}
+
+#[inline(always)]
+fn element_step(v: f32, s: f32, rs: f32, z: f32, qmax: f32, inv_beta: f32) -> (f32, f32) {
+    let q = quant_code(v * s + z, qmax);
+    let e = v - (q - z) * rs;
+    (q - (v - shrink(e, inv_beta)) * s, e.abs())
+}
+
+/// round(x) clamped to [0, qmax], rounding half to even as torch.round does (the reference
+/// rounds with it). Clamping first keeps |x| small, where the magic-number rounding is exact.
+#[inline(always)]
+fn quant_code(x: f32, qmax: f32) -> f32 {
+    round_even(x.max(-1.0).min(qmax + 1.0)).max(0.0).min(qmax)
+}
+
+const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer (half to even)
+
+/// Round half to even for |x| < 2^22 (branch-free, vectorises unlike a libm call).
+#[inline(always)]
+fn round_even(x: f32) -> f32 {
+    (x + MAGIC) - MAGIC
 }
 
 /// x^p for x > 0 as 2^(p·log2 x) with polynomial log2/exp2 (relative error below 2e-5 for the
-/// exponents used here, see the test). `powf` was 90% of HQQ's time at 3B scale; the threshold it feeds is a heuristic whose
-/// result does not depend on the 5th digit.
-#[inline]
+/// exponents used here, see the test). `powf` was 90% of HQQ's time and does not vectorise; the
+/// threshold it feeds is a heuristic whose result does not depend on the 5th digit.
+#[inline(always)]
 fn pow_approx(x: f32, p: f32) -> f32 {
     exp2_approx(p * log2_approx(x))
 }
 
-#[inline]
+#[inline(always)]
 fn log2_approx(x: f32) -> f32 {
     let bits = x.to_bits();
     let e = ((bits >> 23) & 0xff) as i32 - 127;
@@ -154,43 +183,26 @@ fn log2_approx(x: f32) -> f32 {
     // (max abs error 7e-7).
     let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
     let t = m - 1.0;
-    const C: [f32; 7] = [
-        1.442_659_3,
-        -0.720_458_3,
-        0.472_893_4,
-        -0.324_294_9,
-        0.192_307_1,
-        -0.078_356_9,
-        0.015_251_05,
-    ];
-    let mut l = C[6];
-    for c in C[..6].iter().rev() {
-        l = l * t + c;
-    }
-    let l = l * t;
-    e as f32 + l
+    let p = 1.442_659_3
+        + t * (-0.720_458_3
+            + t * (0.472_893_4
+                + t * (-0.324_294_9 + t * (0.192_307_1 + t * (-0.078_356_9 + t * 0.015_251_05)))));
+    e as f32 + t * p
 }
 
-#[inline]
+#[inline(always)]
 fn exp2_approx(y: f32) -> f32 {
-    let y = y.clamp(-126.0, 126.0);
-    let i = y.floor();
-    let f = y - i;
-    // 2^f on [0, 1) by a degree-6 least-squares fit (max relative error 1e-8 before rounding).
-    const D: [f32; 7] = [
-        1.0,
-        0.693_146_8,
-        0.240_231_1,
-        0.055_478_9,
-        0.009_686_19,
-        0.001_238_24,
-        0.000_218_71,
-    ];
-    let mut p = D[6];
-    for d in D[..6].iter().rev() {
-        p = p * f + d;
-    }
-    p * f32::from_bits(((i as i32 + 127) as u32) << 23)
+    let y = y.clamp(-125.0, 125.0);
+    // Integer part by the rounding trick (its low mantissa bits are the integer), f in [-1/2, 1/2].
+    let r = y + MAGIC;
+    let i = r.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let f = y - (r - MAGIC);
+    // 2^f by a degree-6 least-squares fit (max relative error 1e-8 before rounding).
+    let p = 1.0
+        + f * (std::f32::consts::LN_2
+            + f * (0.240_226_5
+                + f * (0.055_503_41 + f * (0.009_618_04 + f * (0.001_339_53 + f * 0.000_154_65)))));
+    p * f32::from_bits(((i + 127) as u32) << 23)
 }
 
 #[cfg(test)]
