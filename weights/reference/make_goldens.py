@@ -6,6 +6,7 @@ of one architecture with every structural feature the compiler handles, but smal
 - llama:   GQA 4/2, tied embeddings, llama3 rope scaling (small original context so it matters), bf16 weights
 - smollm3: GQA 4/1, NoPE on layer 3 ((i+1) % 4 == 0), tied embeddings, bf16 weights
 - phi3:    GQA 4/2, fused qkv_proj and gate_up_proj, untied lm_head, f16 weights
+- phi3_sliding: phi3 with sliding_window 5 (shorter than the golden sequence)
 
 Weights are drawn with a larger std than the default init so logits are far from uniform and greedy
 decoding has no near-ties; they are stored in bf16/f16 (the values are exactly representable) and
@@ -44,6 +45,11 @@ def fixtures():
     yield "phi3", Phi3ForCausalLM, Phi3Config(
         **COMMON, num_hidden_layers=2, num_key_value_heads=2, tie_word_embeddings=False,
         rope_theta=10000.0, sliding_window=None), torch.float16
+    # Phi-3 with a sliding window shorter than the golden sequence (14 tokens), so the window
+    # (GroupQueryAttention's local_window_size) decides which keys each query sees.
+    yield "phi3_sliding", Phi3ForCausalLM, Phi3Config(
+        **COMMON, num_hidden_layers=2, num_key_value_heads=2, tie_word_embeddings=False,
+        rope_theta=10000.0, sliding_window=5), torch.float16
 
 
 def main(out_root):

@@ -62,3 +62,8 @@ fn smollm3_matches_transformers() {
 fn phi3_matches_transformers() {
     parity("phi3");
 }
+
+#[test]
+fn phi3_sliding_window_matches_transformers() {
+    parity("phi3_sliding");
+}
