@@ -67,3 +67,61 @@ fn phi3_matches_transformers() {
 fn phi3_sliding_window_matches_transformers() {
     parity("phi3_sliding");
 }
+
+/// Two sequences in one batch, the shorter right-padded (GroupQueryAttention takes each one's
+/// length from `seqlens_k`, i.e. from the mask): each row's logits match its own golden rows.
+#[test]
+fn batched_right_padded_prefill() {
+    use ort::value::Tensor;
+    let g = golden("smollm3");
+    let (_tmp, dir) = compile(&fixture("smollm3"), Dtype::Fp32, QuantArg::None);
+    let dec = Decoder::open(&dir);
+    let mut session = dec.session;
+    let (p, short) = (g.prompt.len(), 4usize);
+    let mut ids = g.prompt.clone();
+    ids.extend(
+        g.prompt[..short]
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, p - short)),
+    );
+    let mut mask = vec![1i64; p];
+    mask.extend(std::iter::repeat_n(1, short).chain(std::iter::repeat_n(0, p - short)));
+    let mut inputs: Vec<(String, ort::value::DynValue)> = vec![
+        (
+            "input_ids".into(),
+            Tensor::from_array((vec![2i64, p as i64], ids))
+                .unwrap()
+                .into_dyn(),
+        ),
+        (
+            "attention_mask".into(),
+            Tensor::from_array((vec![2i64, p as i64], mask))
+                .unwrap()
+                .into_dyn(),
+        ),
+    ];
+    for i in 0..dec.layers {
+        for n in ["key", "value"] {
+            let shape = vec![2i64, dec.kv_heads as i64, 0, dec.head_dim as i64];
+            inputs.push((
+                format!("past_key_values.{i}.{n}"),
+                Tensor::from_array((shape, Vec::<f32>::new()))
+                    .unwrap()
+                    .into_dyn(),
+            ));
+        }
+    }
+    let out = session.run(inputs).unwrap();
+    let (_, logits) = out["logits"].try_extract_tensor::<f32>().unwrap();
+    let v = g.vocab;
+    for t in 0..p {
+        let d = max_abs_diff(&logits[t * v..(t + 1) * v], &g.logits[t]);
+        assert!(d <= TOL, "row 0 position {t}: {d}");
+    }
+    for t in 0..short {
+        let row = &logits[(p + t) * v..(p + t + 1) * v];
+        let d = max_abs_diff(row, &g.logits[t]);
+        assert!(d <= TOL, "row 1 (padded) position {t}: {d}");
+    }
+}
