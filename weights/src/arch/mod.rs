@@ -102,18 +102,22 @@ impl Dtype {
             Dtype::Bf16 => "bfloat16",
         }
     }
-    /// Little-endian bytes of `data` in this dtype (round to nearest even).
+    /// Little-endian bytes of `data` in this dtype (round to nearest even). The half-precision
+    /// paths use `half`'s slice conversion, which takes the F16C instructions where present.
     pub fn encode(self, data: &[f32]) -> Vec<u8> {
+        use half::slice::HalfFloatSliceExt;
         match self {
             Dtype::Fp32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Dtype::Fp16 => data
-                .iter()
-                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                .collect(),
-            Dtype::Bf16 => data
-                .iter()
-                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                .collect(),
+            Dtype::Fp16 => {
+                let mut h = vec![f16::ZERO; data.len()];
+                h.convert_from_f32_slice(data);
+                h.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+            Dtype::Bf16 => {
+                let mut h = vec![bf16::ZERO; data.len()];
+                h.convert_from_f32_slice(data);
+                h.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
         }
     }
 }
