@@ -147,7 +147,7 @@ pub fn build_loaded(req: &BuildRequest, loaded: Loaded) -> Result<BuildSummary, 
         &mut g,
         &decoder::Options { dtype, policy },
     )?;
-    g.finish(
+    let data_entry = g.finish(
         &tmp.path().join("model.onnx"),
         &[("", ONNX_OPSET), (MS_DOMAIN, MS_OPSET)],
     )?;
@@ -171,7 +171,12 @@ pub fn build_loaded(req: &BuildRequest, loaded: Loaded) -> Result<BuildSummary, 
         architecture: spec.arch.name().into(),
         dtype: dtype.name().into(),
         quantization,
-        files: hash_dir(tmp.path())?,
+        files: {
+            // The data file (the bulk) was hashed while it was written.
+            let mut known = BTreeMap::new();
+            known.insert("model.onnx.data".to_string(), data_entry);
+            hash_dir_with(tmp.path(), known)?
+        },
         tool_version: env!("CARGO_PKG_VERSION").into(),
         command: req.command.clone(),
     };
@@ -206,6 +211,14 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Error> {
 /// sha256 and size of every regular file in `dir` (not recursive: the folder is flat), except
 /// `manifest.json`.
 pub fn hash_dir(dir: &Path) -> Result<BTreeMap<String, FileEntry>, Error> {
+    hash_dir_with(dir, BTreeMap::new())
+}
+
+/// [`hash_dir`] taking already-known entries as given.
+fn hash_dir_with(
+    dir: &Path,
+    known: BTreeMap<String, FileEntry>,
+) -> Result<BTreeMap<String, FileEntry>, Error> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -213,7 +226,11 @@ pub fn hash_dir(dir: &Path) -> Result<BTreeMap<String, FileEntry>, Error> {
         if name == "manifest.json" || !entry.path().is_file() {
             continue;
         }
-        files.insert(name, hash_file(&entry.path())?);
+        let e = match known.get(&name) {
+            Some(e) => e.clone(),
+            None => hash_file(&entry.path())?,
+        };
+        files.insert(name, e);
     }
     Ok(files)
 }

@@ -5,8 +5,10 @@
 //! caller, nodes keep insertion order, and prost encodes fields in tag order.
 
 use super::proto::{self, attribute_type, DataType};
+use crate::format::FileEntry;
 use crate::Error;
 use prost::Message;
+use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -56,6 +58,8 @@ pub struct GraphBuilder {
     data_path: PathBuf,
     data_location: String,
     offset: u64,
+    /// sha256 of the data file as it is written, so the manifest need not read it back.
+    hasher: Sha256,
     /// Bytes of weights written, for reports.
     pub weight_bytes: u64,
 }
@@ -74,6 +78,7 @@ impl GraphBuilder {
             data_path: data_path.to_path_buf(),
             data_location: location.to_string(),
             offset: 0,
+            hasher: Sha256::new(),
             weight_bytes: 0,
         })
     }
@@ -109,9 +114,12 @@ impl GraphBuilder {
         };
         let pad = (align - (self.offset % align)) % align;
         let io = |e| Error::io(&self.data_path, e);
-        self.data.write_all(&vec![0u8; pad as usize]).map_err(io)?;
+        let zeros = vec![0u8; pad as usize];
+        self.data.write_all(&zeros).map_err(io)?;
+        self.hasher.update(&zeros);
         self.offset += pad;
         self.data.write_all(bytes).map_err(io)?;
+        self.hasher.update(bytes);
         let entry = |k: &str, v: String| proto::StringStringEntryProto {
             key: k.to_string(),
             value: v,
@@ -189,8 +197,8 @@ impl GraphBuilder {
         self.node(name, op, "", inputs, 1, attrs).remove(0)
     }
 
-    /// Writes the model file and flushes the data file.
-    pub fn finish(mut self, model_path: &Path, opsets: &[(&str, i64)]) -> Result<(), Error> {
+    /// Writes the model file and flushes the data file; returns the data file's manifest entry.
+    pub fn finish(mut self, model_path: &Path, opsets: &[(&str, i64)]) -> Result<FileEntry, Error> {
         self.data
             .flush()
             .map_err(|e| Error::io(&self.data_path, e))?;
@@ -220,7 +228,11 @@ impl GraphBuilder {
                 .collect(),
             ..Default::default()
         };
-        std::fs::write(model_path, model.encode_to_vec()).map_err(|e| Error::io(model_path, e))
+        std::fs::write(model_path, model.encode_to_vec()).map_err(|e| Error::io(model_path, e))?;
+        Ok(FileEntry {
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.offset,
+        })
     }
 }
 
