@@ -118,6 +118,15 @@ pub fn files(g: &Gguf, spec: &DecoderSpec) -> Result<Vec<(String, Vec<u8>)>, Err
         json!(name_of(spec.eos_token_ids.first().copied())),
     );
     cfg.insert("pad_token".into(), json!(name_of(spec.pad_token_id)));
+    // Whether encoding prepends BOS/EOS is the engine's call; pass the GGUF's flags on.
+    for (k, key) in [
+        ("add_bos_token", "tokenizer.ggml.add_bos_token"),
+        ("add_eos_token", "tokenizer.ggml.add_eos_token"),
+    ] {
+        if let Some(Value::Bool(b)) = g.metadata.get(key) {
+            cfg.insert(k.into(), json!(b));
+        }
+    }
     if let Some(t) = template {
         cfg.insert("chat_template".into(), json!(t));
     }
