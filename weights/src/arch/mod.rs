@@ -2,6 +2,7 @@
 
 pub mod decoder;
 pub mod rope;
+pub mod weights;
 
 use crate::onnx::DataType;
 use half::{bf16, f16};
