@@ -344,7 +344,11 @@ impl OrtRuntime {
         h.update(self.ep.name().as_bytes());
         let key = hex::encode(&h.finalize()[..8]);
         let name = graph.file_name().unwrap_or_default().to_string_lossy();
-        Ok(graph.with_file_name(format!("{name}.{}-{key}.opt.onnx", self.ep.name())))
+        // A subfolder: the compiled folder's manifest lists only its top-level files, so the cache
+        // never makes `cogrs weights verify` (run at every setup) see unlisted files.
+        let dir = graph.parent().unwrap_or(Path::new(".")).join(".ort-cache");
+        let _ = std::fs::create_dir_all(&dir);
+        Ok(dir.join(format!("{name}.{}-{key}.opt.onnx", self.ep.name())))
     }
 }
 

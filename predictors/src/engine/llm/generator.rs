@@ -241,3 +241,13 @@ impl Generator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Predictors keep one Generator and call it from the runtime's worker threads.
+    #[test]
+    fn generator_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Generator>();
+    }
+}

@@ -4,6 +4,7 @@
 pub mod decoder;
 pub mod detok;
 pub mod generator;
+pub mod reasoning;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;
@@ -12,5 +13,6 @@ pub use decoder::FinishReason;
 pub use generator::{
     EngineOptions, GenerateError, GenerateRequest, Generation, Generator, Metrics, Prompt,
 };
+pub use reasoning::{split_reasoning, ReasoningSplit};
 pub use sampling::SamplingConfig;
 pub use template::{ChatMessage, TemplateOptions};
