@@ -1,10 +1,18 @@
 //! The cogrs predictors and the engine they share.
 
+pub mod default_model;
 pub mod engine;
+pub mod phi4;
+pub mod smollm3;
+pub mod text;
+pub mod weights_source;
 
-use cog_runtime::Registry;
+use cog_runtime::{PredictorDef, Registry};
 
 /// Every predictor the `cogrs` binary serves, by name. Predictors register here as they land.
 pub fn registry() -> Registry {
-    Registry::new(vec![])
+    Registry::new(vec![
+        PredictorDef::of::<smollm3::SmolLM3>("smollm3"),
+        PredictorDef::of::<phi4::Phi4Reasoning>("phi4-reasoning"),
+    ])
 }

