@@ -5,6 +5,7 @@ pub mod engine;
 pub mod phi4;
 pub mod smollm3;
 pub mod text;
+pub mod weights_check;
 pub mod weights_source;
 
 use cog_runtime::{PredictorDef, Registry};

@@ -6,6 +6,7 @@ use crate::default_model;
 use crate::engine::llm::{
     split_reasoning, EngineOptions, GenerateRequest, Generation, Generator, Prompt,
 };
+use crate::weights_check::Checked;
 use cog_runtime::{InputError, Path, PredictContext, PredictError, SetupContext, SetupError};
 use std::path::PathBuf;
 
@@ -54,10 +55,12 @@ pub fn model_dir(ctx: &SetupContext) -> Result<PathBuf, SetupError> {
 /// Verifies the folder against its manifest, then loads it.
 pub fn load(ctx: &SetupContext) -> Result<Generator, SetupError> {
     let dir = model_dir(ctx)?;
-    if dir.join("manifest.json").exists() {
-        cog_weights::verify::verify(&dir)
-            .map_err(|e| SetupError::new(format!("weights failed verification: {e}")))?;
-        ctx.log("weights verified against manifest.json");
+    match crate::weights_check::check(&dir).map_err(SetupError::new)? {
+        Checked::Hashed => ctx.log("weights verified against manifest.json (sha256 of every file)"),
+        Checked::UnchangedSinceHashed => {
+            ctx.log("weights unchanged since they were verified against manifest.json")
+        }
+        Checked::NoManifest => ctx.log("weights folder has no manifest.json: not verified"),
     }
     let generator = Generator::load(&dir, &EngineOptions::default()).map_err(SetupError::new)?;
     let rt = crate::engine::ort_env::runtime().map_err(SetupError::new)?;
