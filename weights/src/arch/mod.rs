@@ -107,18 +107,26 @@ impl Dtype {
     /// paths use `half`'s slice conversion, which takes the F16C instructions where present.
     pub fn encode(self, data: &[f32]) -> Vec<u8> {
         use half::slice::HalfFloatSliceExt;
+        // Converted through a small buffer so a 1 GB embedding needs no second full-size copy.
+        const CHUNK: usize = 4096;
+        let mut out = Vec::with_capacity(data.len() * self.onnx().size());
         match self {
-            Dtype::Fp32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::Fp32 => out.extend(data.iter().flat_map(|v| v.to_le_bytes())),
             Dtype::Fp16 => {
-                let mut h = vec![f16::ZERO; data.len()];
-                h.convert_from_f32_slice(data);
-                h.iter().flat_map(|v| v.to_le_bytes()).collect()
+                let mut h = [f16::ZERO; CHUNK];
+                for c in data.chunks(CHUNK) {
+                    h[..c.len()].convert_from_f32_slice(c);
+                    out.extend(h[..c.len()].iter().flat_map(|v| v.to_le_bytes()));
+                }
             }
             Dtype::Bf16 => {
-                let mut h = vec![bf16::ZERO; data.len()];
-                h.convert_from_f32_slice(data);
-                h.iter().flat_map(|v| v.to_le_bytes()).collect()
+                let mut h = [bf16::ZERO; CHUNK];
+                for c in data.chunks(CHUNK) {
+                    h[..c.len()].convert_from_f32_slice(c);
+                    out.extend(h[..c.len()].iter().flat_map(|v| v.to_le_bytes()));
+                }
             }
         }
+        out
     }
 }
