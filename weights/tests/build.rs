@@ -259,3 +259,66 @@ fn cli_build_then_verify() {
         .to_string();
     assert!(err.contains("engine.json: size"), "{err}");
 }
+
+/// The phi3 fixture rewritten as two f32 shards with an index: same weights, so the compiled fp32
+/// graph must be byte-identical to the one from the single f16 file.
+#[test]
+fn sharded_f32_checkpoint_builds_the_same_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = copy_fixture("phi3", tmp.path());
+    let st = src.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut names: Vec<&String> = header.keys().filter(|k| *k != "__metadata__").collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (si, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", si + 1);
+        let (mut head, mut data) = (serde_json::Map::new(), Vec::new());
+        for name in part {
+            let e = &header[*name];
+            assert_eq!(e["dtype"], "F16");
+            let o = e["data_offsets"].as_array().unwrap();
+            let (a, b) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            let start = data.len();
+            for c in bytes[8 + n + a..8 + n + b].chunks_exact(2) {
+                data.extend(f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes());
+            }
+            head.insert(
+                (*name).clone(),
+                serde_json::json!({"dtype": "F32", "shape": e["shape"], "data_offsets": [start, data.len()]}),
+            );
+            weight_map.insert((*name).clone(), serde_json::json!(file));
+        }
+        let h = serde_json::to_vec(&head).unwrap();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend(h);
+        out.extend(data);
+        std::fs::write(src.join(&file), out).unwrap();
+    }
+    std::fs::remove_file(&st).unwrap();
+    std::fs::write(
+        src.join("model.safetensors.index.json"),
+        serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": weight_map})).unwrap(),
+    )
+    .unwrap();
+
+    let (_a, single) = compile(&fixture("phi3"), Dtype::Fp32, QuantArg::None);
+    let (_b, sharded) = compile(&src, Dtype::Fp32, QuantArg::None);
+    for f in ["model.onnx", "model.onnx.data", "engine.json"] {
+        assert_eq!(
+            std::fs::read(single.join(f)).unwrap(),
+            std::fs::read(sharded.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    // A shard the index names but that is missing is reported by name.
+    std::fs::remove_file(src.join("model-00002-of-00002.safetensors")).unwrap();
+    let msg = build_fails(&src, tmp.path()).to_string();
+    assert!(msg.contains("model-00002-of-00002.safetensors"), "{msg}");
+}
