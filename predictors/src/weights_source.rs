@@ -12,7 +12,7 @@
 //! request, and a resumed fetch starts that file over.
 //!
 //! The cache (`COG_WEIGHTS_CACHE`, else `/var/cache/cogrs` where writable, else `.cache/weights`)
-//! holds one folder per URL. Once a folder is complete and verified, a marker records the
+//! holds one folder per URL. Once a folder is complete and verified, a marker beside it records the
 //! manifest's digest: the next start re-reads the manifest and, if it is unchanged, uses the folder
 //! without hashing it again (and without the network if the server cannot be reached).
 
@@ -27,8 +27,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Name of the marker written once a cached folder is complete and verified.
-const VERIFIED_MARKER: &str = ".cogrs-verified";
+/// The marker written once a cached folder is complete and verified: beside the folder, not in
+/// it, so that the folder holds exactly what its manifest lists (`cogrs weights verify` refuses
+/// unlisted files).
+pub fn verified_marker(folder: &Path) -> PathBuf {
+    let mut name = folder.file_name().unwrap_or_default().to_os_string();
+    name.push(".verified");
+    folder.with_file_name(name)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsSourceError {
@@ -179,7 +185,7 @@ fn fetch(
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     let client = client()?;
     let manifest_url = format!("{url}/manifest.json");
-    let marker = dir.join(VERIFIED_MARKER);
+    let marker = verified_marker(&dir);
 
     // The manifest, and whether the server honours Range (asked on the manifest itself).
     let (manifest_bytes, ranges) = match get_manifest(&client, &manifest_url, options) {

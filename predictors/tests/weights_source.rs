@@ -8,7 +8,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use cog_predictors::weights_source::{cache_folder, resolve, resolve_with, Options};
+use cog_predictors::weights_source::{
+    cache_folder, resolve, resolve_with, verified_marker, Options,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -396,7 +398,7 @@ fn a_bad_checksum_fails_naming_the_file_and_leaves_nothing_behind() {
     let dir = cache_folder(&server.url, cache.path());
     assert!(!dir.join("model.onnx").exists());
     assert!(!dir.join("model.onnx.part").exists());
-    assert!(!dir.join(".cogrs-verified").exists());
+    assert!(!verified_marker(&dir).exists());
 
     // Fixed upstream: the next start succeeds.
     server
@@ -431,7 +433,7 @@ fn a_stale_cached_file_is_fetched_again_and_a_local_folder_is_used_as_is() {
     let mut bytes = std::fs::read(dir.join("model.onnx")).unwrap();
     bytes[0] ^= 1;
     std::fs::write(dir.join("model.onnx"), bytes).unwrap();
-    std::fs::remove_file(dir.join(".cogrs-verified")).unwrap();
+    std::fs::remove_file(verified_marker(&dir)).unwrap();
     server.state.log.lock().unwrap().clear();
     resolve_with(&server.url, cache.path(), &options(), &quiet).unwrap();
     assert_folder(&dir, &files);
