@@ -104,25 +104,42 @@ fn parse_data_url(url: &str) -> Result<DataUrl, String> {
     Ok(DataUrl { mime, bytes })
 }
 
+/// RFC 3986 percent-decoding: `%XX` becomes that byte, everything else (including `+`, `&` and
+/// `=`, which a data URL or a path may carry literally) stays as it is.
 fn percent_decode(s: &str) -> Vec<u8> {
-    url::form_urlencoded::parse(s.replace('+', "%2B").as_bytes())
-        .flat_map(|(k, v)| {
-            let mut b = k.into_owned().into_bytes();
-            if !v.is_empty() {
-                b.push(b'=');
-                b.extend(v.bytes());
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
             }
-            b
-        })
-        .collect()
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
-/// A file name from a URL that cannot leave the directory it is written to.
+/// Longest file name written for a URL input, in bytes (file systems allow 255).
+const MAX_NAME_BYTES: usize = 200;
+
+/// A file name from a URL that cannot leave the directory it is written to: percent-decoded,
+/// separators, NUL and control characters replaced, never `.` or `..`, and at most
+/// [`MAX_NAME_BYTES`] bytes (cut at a character boundary, keeping a short extension).
 pub fn safe_file_name(raw: &str) -> String {
-    let decoded = url::form_urlencoded::parse(raw.as_bytes())
-        .map(|(k, _)| k.into_owned())
-        .next()
-        .unwrap_or_default();
+    let decoded = String::from_utf8_lossy(&percent_decode(raw)).into_owned();
     let cleaned: String = decoded
         .chars()
         .map(|c| match c {
@@ -131,7 +148,20 @@ pub fn safe_file_name(raw: &str) -> String {
             c => c,
         })
         .collect();
-    let cleaned: String = cleaned.chars().take(200).collect();
+    let cleaned = if cleaned.len() > MAX_NAME_BYTES {
+        let ext = cleaned
+            .rfind('.')
+            .map(|i| &cleaned[i..])
+            .filter(|e| e.len() <= 16)
+            .unwrap_or("");
+        let mut stem_end = MAX_NAME_BYTES - ext.len();
+        while !cleaned.is_char_boundary(stem_end) {
+            stem_end -= 1;
+        }
+        format!("{}{ext}", &cleaned[..stem_end])
+    } else {
+        cleaned
+    };
     if cleaned.is_empty() || cleaned.chars().all(|c| c == '.') {
         "file".into()
     } else {
@@ -334,6 +364,17 @@ pub async fn encode_outputs(
     Ok(())
 }
 
+/// `COG_UPLOAD_TIMEOUT` seconds (default 300): an upload target that accepts the connection and
+/// never answers must not hold the prediction (and its slot) forever.
+fn upload_timeout() -> Duration {
+    std::env::var("COG_UPLOAD_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(300))
+}
+
 async fn upload(
     client: &reqwest::Client,
     base: &str,
@@ -351,14 +392,25 @@ async fn upload(
         name: name.clone(),
         msg,
     };
+    let timeout = upload_timeout();
     let resp = client
         .put(&url)
+        .timeout(timeout)
         .header("content-type", mime)
         .header("x-prediction-id", prediction_id)
         .body(bytes)
         .send()
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| {
+            if e.is_timeout() {
+                err(format!(
+                    "{url} did not answer within {:.0} s",
+                    timeout.as_secs_f64()
+                ))
+            } else {
+                err(e.to_string())
+            }
+        })?;
     if !resp.status().is_success() {
         return Err(err(format!("{url} answered HTTP {}", resp.status())));
     }

@@ -88,6 +88,9 @@ struct State {
     started: Option<Instant>,
     predict_time: Option<f64>,
     history: VecDeque<Arc<StreamEvent>>,
+    /// Made by the first SSE subscriber: most predictions have none, and a broadcast channel's
+    /// buffer is the largest allocation a prediction would otherwise make.
+    events: Option<broadcast::Sender<Arc<StreamEvent>>>,
     webhook: Option<WebhookSender>,
     /// Set when the prediction failed on its input: the 422 `detail` a sync client gets.
     invalid: Option<Value>,
@@ -98,7 +101,6 @@ pub struct Prediction {
     pub id: String,
     pub cancel: CancellationToken,
     state: Mutex<State>,
-    events: broadcast::Sender<Arc<StreamEvent>>,
     done: watch::Sender<bool>,
 }
 
@@ -111,7 +113,6 @@ fn timestamp(t: DateTime<Utc>) -> String {
 
 impl Prediction {
     pub fn new(id: String, input: Value, webhook: Option<WebhookSender>) -> Arc<Self> {
-        let (events, _) = broadcast::channel(1024);
         let (done, _) = watch::channel(false);
         Arc::new(Self {
             id,
@@ -130,10 +131,10 @@ impl Prediction {
                 started: None,
                 predict_time: None,
                 history: VecDeque::new(),
+                events: None,
                 webhook,
                 invalid: None,
             }),
-            events,
             done,
         })
     }
@@ -149,7 +150,9 @@ impl Prediction {
             state.history.pop_front();
         }
         state.history.push_back(event.clone());
-        let _ = self.events.send(event);
+        if let Some(tx) = &state.events {
+            let _ = tx.send(event);
+        }
     }
 
     fn snapshot_locked(&self, s: &State) -> Value {
@@ -304,8 +307,15 @@ impl Prediction {
 
     /// Past events and a receiver for the next ones, taken atomically so none is missed.
     pub fn subscribe(&self) -> (Vec<Arc<StreamEvent>>, broadcast::Receiver<Arc<StreamEvent>>) {
-        let s = self.lock();
-        let rx = self.events.subscribe();
+        let mut s = self.lock();
+        let rx = match &s.events {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(1024);
+                s.events = Some(tx);
+                rx
+            }
+        };
         (s.history.iter().cloned().collect(), rx)
     }
 }
