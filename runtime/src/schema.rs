@@ -356,3 +356,83 @@ fn document(input: &Value, output: &Value, enums: Vec<(String, Value)>, streamin
         "components": {"schemas": schemas}
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ConcatenateIterator, Path};
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct In {
+        /// Size in pixels
+        #[schemars(range(min = 256, max = 2048))]
+        width: Option<i64>,
+        #[serde(default = "five")]
+        steps: i64,
+        images: Vec<Path>,
+        #[schemars(regex(pattern = "^[a-z]+$"), length(max = 8))]
+        tag: String,
+    }
+
+    fn five() -> i64 {
+        5
+    }
+
+    fn output_of<O: JsonSchema>() -> Value {
+        PredictorSchema::generate::<In, O>(false).document["components"]["schemas"]["Output"]
+            .clone()
+    }
+
+    #[test]
+    fn outputs_take_cogs_forms() {
+        assert_eq!(
+            output_of::<String>(),
+            json!({"title": "Output", "type": "string"})
+        );
+        assert_eq!(
+            output_of::<Vec<Path>>(),
+            json!({"title": "Output", "type": "array", "items": {"type": "string", "format": "uri"}})
+        );
+        assert_eq!(
+            output_of::<ConcatenateIterator<String>>(),
+            json!({"title": "Output", "type": "array", "items": {"type": "string"},
+                   "x-cog-array-type": "iterator", "x-cog-array-display": "concatenate"})
+        );
+    }
+
+    #[test]
+    fn inputs_carry_constraints_defaults_order_and_nullability() {
+        let s = PredictorSchema::generate::<In, String>(false);
+        let p = &s.document["components"]["schemas"]["Input"]["properties"];
+        assert_eq!(
+            p["width"],
+            json!({"description": "Size in pixels", "maximum": 2048, "minimum": 256, "nullable": true,
+                   "title": "Width", "type": "integer", "x-order": 0})
+        );
+        assert_eq!(p["steps"]["default"], 5);
+        assert_eq!(
+            p["images"],
+            json!({"items": {"format": "uri", "type": "string"}, "title": "Images",
+                                        "type": "array", "x-order": 2})
+        );
+        assert_eq!(p["tag"]["pattern"], "^[a-z]+$");
+        assert_eq!(p["tag"]["maxLength"], 8);
+        assert_eq!(
+            s.document["components"]["schemas"]["Input"]["required"],
+            json!(["images", "tag"])
+        );
+        assert!(s.document["paths"]["/predictions"]["post"]
+            .get("x-cog-streaming")
+            .is_none());
+    }
+
+    #[test]
+    fn title_case_matches_cog() {
+        assert_eq!(title_case("write_file"), "Write File");
+        assert_eq!(title_case("max_new_tokens"), "Max New Tokens");
+        assert_eq!(title_case("prompt"), "Prompt");
+    }
+}
