@@ -324,7 +324,11 @@ impl PredictionService {
         tracing::info!(prediction_id = %req.id, "prediction started");
         let service = self.clone();
         let task_prediction = prediction.clone();
-        self.tasks.spawn(async move {
+        // One blocking thread carries the prediction from start to end: model code is blocking, and
+        // the few async steps (downloads, uploads) run on the runtime from there. One hand-off to
+        // the thread and one back to the waiting handler is all a no-op prediction costs.
+        let handle = tokio::runtime::Handle::current();
+        self.tasks.spawn_blocking(move || {
             let run = Run {
                 predictor,
                 prediction: task_prediction.clone(),
@@ -332,7 +336,7 @@ impl PredictionService {
                 early,
                 context: req.context,
             };
-            let outcome = service.execute(run).await;
+            let outcome = service.execute(run, &handle);
             // The slot is free before anyone hears the outcome, so a client that sends its next
             // request after this response never meets a 409.
             drop(permit);
@@ -347,7 +351,7 @@ impl PredictionService {
         Ok(prediction)
     }
 
-    async fn execute(&self, run: Run) -> Outcome {
+    fn execute(&self, run: Run, rt: &tokio::runtime::Handle) -> Outcome {
         let Run {
             predictor,
             prediction,
@@ -377,12 +381,16 @@ impl PredictionService {
                     &dir,
                     &self.config.file_limits,
                 );
-                let fetched = tokio::select! {
-                    r = fetch => r,
-                    _ = prediction.cancel.cancelled() => return Outcome::Canceled,
-                };
-                if let Err(e) = fetched {
-                    return Outcome::Failed(e.to_string());
+                let fetched = rt.block_on(async {
+                    tokio::select! {
+                        r = fetch => Some(r),
+                        _ = prediction.cancel.cancelled() => None,
+                    }
+                });
+                match fetched {
+                    None => return Outcome::Canceled,
+                    Some(Err(e)) => return Outcome::Failed(e.to_string()),
+                    Some(Ok(())) => {}
                 }
                 match predictor.check(input) {
                     Ok(v) => v,
@@ -390,44 +398,41 @@ impl PredictionService {
                 }
             }
         };
-        let task_predictor = predictor.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let r = task_predictor.predict(valid, &ctx);
-            (r, ctx)
-        })
-        .await;
-        // The context (and its scratch dir) lives until the output files are encoded.
-        let (output, _ctx) = match result {
-            Ok((Ok(output), ctx)) => (output, ctx),
-            Ok((Err(PredictError::Canceled), _)) => return Outcome::Canceled,
-            Ok((Err(PredictError::Input(e)), _)) => {
+        // A panicking predictor fails its prediction; the process and the other slots go on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            predictor.predict(valid, &ctx)
+        }));
+        let mut output = match result {
+            Ok(Ok(output)) => output,
+            Ok(Err(PredictError::Canceled)) => return Outcome::Canceled,
+            Ok(Err(PredictError::Input(e))) => {
                 return Outcome::Invalid(vec![FieldError::value(e.field, e.msg)])
             }
-            Ok((Err(PredictError::Failed(msg)), _)) => return Outcome::Failed(msg),
-            Err(join) => {
-                return Outcome::Failed(format!("predictor panicked: {}", panic_message(join)))
+            Ok(Err(PredictError::Failed(msg))) => return Outcome::Failed(msg),
+            Err(payload) => {
+                return Outcome::Failed(format!("predictor panicked: {}", panic_text(&*payload)))
             }
         };
         if prediction.cancel.is_cancelled() {
             return Outcome::Canceled;
         }
-        let mut output = output;
         let mode = match &self.config.upload_url {
             Some(base) => OutputFiles::Upload { base: base.clone() },
             None => OutputFiles::DataUri,
         };
-        if let Err(e) = files::encode_outputs(
+        // The scratch dir (in `ctx`) lives until the output files are encoded.
+        let encoded = rt.block_on(files::encode_outputs(
             &self.client,
             &mut output,
             &self.def.schema.output,
             &mode,
             &prediction.id,
-        )
-        .await
-        {
-            return Outcome::Failed(e.to_string());
+        ));
+        drop(ctx);
+        match encoded {
+            Ok(()) => Outcome::Succeeded(output),
+            Err(e) => Outcome::Failed(e.to_string()),
         }
-        Outcome::Succeeded(output)
     }
 
     /// The signal the HTTP server waits on to stop.
@@ -501,13 +506,17 @@ fn log_outcome(id: &str, outcome: &Outcome) {
     }
 }
 
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into()),
+        Ok(payload) => panic_text(&*payload),
         Err(e) => e.to_string(),
     }
 }
