@@ -14,6 +14,7 @@ mod error;
 pub mod format;
 pub mod gguf;
 pub mod onnx;
+pub mod prune;
 pub mod quant;
 pub mod verify;
 

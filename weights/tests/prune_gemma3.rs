@@ -1,0 +1,183 @@
+//! The Gemma 3 filter map (weights/recipes/gemma3.prune.json) decides on real Gemma 3 tensor names,
+//! and a pass through it touches only what it allows and reports the rest as skipped.
+
+use cog_weights::checkpoint::Tensor;
+use cog_weights::prune::{self, Decision, FilterMap, Method};
+use std::path::Path;
+
+fn map() -> FilterMap {
+    FilterMap::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/gemma3.prune.json"))
+        .expect("the Gemma 3 filter map loads")
+}
+
+/// Both the multimodal checkpoint's names (transformers ≥ 4.52) and the text-only ones (Gemma3ForCausalLM,
+/// as the GGUF reader names Gemma-3-270M's tensors).
+const PREFIXES: [&str; 2] = ["model.language_model.layers", "model.layers"];
+
+#[test]
+fn allows_qkv_up_down_of_the_language_model() {
+    let m = map();
+    for p in PREFIXES {
+        for layer in [0, 5, 33] {
+            for t in [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
+                let name = format!("{p}.{layer}.{t}.weight");
+                assert!(m.decide(&name).allowed(), "{name}: {:?}", m.decide(&name));
+            }
+        }
+    }
+}
+
+fn denied_by(m: &FilterMap, name: &str) -> String {
+    match m.decide(name) {
+        Decision::Denied { pattern, .. } => pattern,
+        other => panic!("{name} should be denied, got {other:?}"),
+    }
+}
+
+#[test]
+fn denies_embeddings_lm_head_norms_o_proj_gate_and_vision() {
+    let m = map();
+    let cases = [
+        ("model.language_model.embed_tokens.weight", "*embed_tokens*"),
+        ("model.embed_tokens.weight", "*embed_tokens*"),
+        ("lm_head.weight", "*lm_head*"),
+        ("model.language_model.norm.weight", "*norm*"),
+        (
+            "model.language_model.layers.0.input_layernorm.weight",
+            "*norm*",
+        ),
+        (
+            "model.language_model.layers.0.post_attention_layernorm.weight",
+            "*norm*",
+        ),
+        (
+            "model.language_model.layers.0.pre_feedforward_layernorm.weight",
+            "*norm*",
+        ),
+        (
+            "model.language_model.layers.0.post_feedforward_layernorm.weight",
+            "*norm*",
+        ),
+        (
+            "model.language_model.layers.0.self_attn.q_norm.weight",
+            "*norm*",
+        ),
+        (
+            "model.language_model.layers.0.self_attn.k_norm.weight",
+            "*norm*",
+        ),
+        (
+            "model.language_model.layers.0.self_attn.o_proj.weight",
+            "*.self_attn.o_proj.*",
+        ),
+        (
+            "model.layers.17.self_attn.o_proj.weight",
+            "*.self_attn.o_proj.*",
+        ),
+        (
+            "model.language_model.layers.0.mlp.gate_proj.weight",
+            "*.mlp.gate_proj.*",
+        ),
+        // The vision tower has q/k/v projections too: the deny wins over the q/k/v allow rules.
+        (
+            "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+            "*vision_tower*",
+        ),
+        (
+            "model.vision_tower.vision_model.encoder.layers.26.self_attn.v_proj.weight",
+            "*vision_tower*",
+        ),
+        (
+            "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+            "*vision_tower*",
+        ),
+        (
+            "model.vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "*vision_tower*",
+        ),
+        (
+            "model.multi_modal_projector.mm_input_projection_weight",
+            "*multi_modal_projector*",
+        ),
+    ];
+    for (name, pattern) in cases {
+        assert_eq!(denied_by(&m, name), pattern, "{name}");
+    }
+}
+
+#[test]
+fn names_outside_the_map_are_not_in_map() {
+    let m = map();
+    for name in [
+        "model.language_model.layers.0.self_attn.q_proj.bias",
+        "model.language_model.rotary_emb.inv_freq",
+        "something.else",
+    ] {
+        assert_eq!(m.decide(name), Decision::NotInMap, "{name}");
+    }
+}
+
+#[test]
+fn a_pass_touches_only_allowed_tensors_and_reports_every_one() {
+    let m = map();
+    let values = |n: usize| (1..=n).map(|i| i as f32 * 0.25 - 3.1).collect::<Vec<_>>();
+    let names = [
+        "model.language_model.layers.0.self_attn.q_proj.weight",
+        "model.language_model.layers.0.self_attn.o_proj.weight",
+        "model.language_model.embed_tokens.weight",
+        "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "model.language_model.layers.0.mlp.down_proj.weight",
+        "unmapped.weight",
+    ];
+    let original: Vec<(String, Tensor)> = names
+        .iter()
+        .map(|n| (n.to_string(), Tensor::new(vec![4, 6], values(24))))
+        .collect();
+    for method in [
+        Method::Magnitude { sparsity: 0.5 },
+        Method::Structured { sparsity: 0.5 },
+    ] {
+        let mut ts = original.clone();
+        let reports = prune::prune(&mut ts, &m, method).unwrap();
+        assert_eq!(reports.len(), names.len());
+        for ((r, (name, t)), (_, before)) in reports.iter().zip(&ts).zip(&original) {
+            assert_eq!(&r.name, name);
+            if r.decision.allowed() {
+                assert!(r.skipped.is_none(), "{name}");
+                assert_eq!(r.sparsity, 0.5, "{name} {method:?}");
+                assert_eq!(r.zeroed, 12, "{name} {method:?}");
+            } else {
+                assert_eq!(t, before, "{name} must be untouched");
+                assert_eq!(r.zeroed, 0);
+                let why = r.skipped.as_deref().unwrap();
+                if name == "unmapped.weight" {
+                    assert!(why.contains("not in the filter map"), "{why}");
+                } else {
+                    assert!(why.starts_with("denied by"), "{why}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_maps_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.json");
+    std::fs::write(&p, r#"{"model": "x", "allow": [], "deny": []}"#).unwrap();
+    let e = FilterMap::load(&p).unwrap_err().to_string();
+    assert!(e.contains("m.json") && e.contains("no allow rules"), "{e}");
+    std::fs::write(
+        &p,
+        r#"{"model": "x", "allow": [{"pattern": "*"}], "deny": []}"#,
+    )
+    .unwrap();
+    let e = FilterMap::load(&p).unwrap_err().to_string();
+    assert!(e.contains("m.json") && e.contains("why"), "{e}");
+}
