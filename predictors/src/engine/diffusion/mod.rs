@@ -4,4 +4,6 @@
 //! `FluxImg2ImgPipeline` and is tested against goldens those pipelines produced.
 
 pub mod latents;
+pub mod lora;
 pub mod schedule;
+pub mod triggers;
