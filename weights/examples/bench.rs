@@ -8,7 +8,8 @@
 //! 128, intermediate 11008, vocab 128256, tied embeddings, NoPE every 4th layer) and random
 //! weights, sharded at 2 GB with an index like the real release; then compiles it once per
 //! configuration in a child process (so each peak RSS, VmHWM, is its own) and prints a table:
-//! wall time, peak RSS, output size, and peak RSS relative to the checkpoint.
+//! wall time, CPU time (user + system, all threads: the number that does not depend on what else
+//! the machine runs), peak RSS, output size, and peak RSS relative to the checkpoint.
 
 use cog_weights::arch::Dtype;
 use cog_weights::build::{build, BuildRequest};
@@ -60,8 +61,10 @@ fn main() {
         "checkpoint: {layers} layers, {:.2} GiB bf16",
         gib(ckpt_bytes)
     );
-    println!("| config | compile s | peak RSS GiB | RSS / checkpoint | output GiB |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| config | compile s (wall) | CPU s | peak RSS GiB | RSS / checkpoint | output GiB |"
+    );
+    println!("|---|---|---|---|---|---|");
     let exe = std::env::current_exe().unwrap();
     for cfg in configs.split(',') {
         let out = std::process::Command::new(&exe)
@@ -85,8 +88,9 @@ fn main() {
             .map(|v| v.parse().unwrap())
             .collect();
         println!(
-            "| {cfg} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            "| {cfg} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
             f[0],
+            f[3],
             gib(f[1] as u64),
             f[1] / ckpt_bytes as f64,
             gib(f[2] as u64)
@@ -150,7 +154,18 @@ fn child(ckpt: &Path, dir: &Path, cfg: &str) {
     let secs = t.elapsed().as_secs_f64();
     let bytes = dir_bytes(&out);
     std::fs::remove_dir_all(&out).unwrap();
-    println!("{secs} {} {bytes}", peak_rss());
+    println!("{secs} {} {bytes} {}", peak_rss(), cpu_seconds());
+}
+
+/// User + system CPU time of this process (all threads), from /proc/self/stat in clock ticks
+/// (USER_HZ, 100 on Linux): on a shared machine this is the load-independent cost.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn peak_rss() -> u64 {
