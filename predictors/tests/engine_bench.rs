@@ -1,5 +1,5 @@
 //! Engine measurements on a compiled decoder folder (ignored by default; for the GPU machine):
-//!     COG_BENCH_DIR=<compiled folder> [COG_BENCH_CHECKPOINT=<HF dir or .gguf> COG_BENCH_QUANT=none|rtn4|rtn8|hqq4|hqq8]
+//!     COG_BENCH_DIR=<compiled folder> [COG_BENCH_CUDA_GRAPH=1] [COG_BENCH_CHECKPOINT=<HF dir or .gguf> COG_BENCH_QUANT=none|rtn4|rtn8|hqq4|hqq8]
 //!     cargo test --release -p cog-predictors --test engine_bench -- --ignored --nocapture
 //! With a checkpoint the folder is compiled first (fp16). Prints one JSON line: cold load (optimise + cache
 //! write), cached load, TTFT for a 512-token prompt, and greedy decode tokens/s over 256 tokens (EOS ignored,
@@ -8,7 +8,7 @@
 use cog_predictors::engine::llm::{
     EngineOptions, GenerateRequest, Generator, Prompt, SamplingConfig,
 };
-use cog_predictors::engine::ort_env::runtime;
+use cog_predictors::engine::ort_env::{runtime, SessionOptions};
 use cog_weights::arch::Dtype;
 use cog_weights::build::{build, BuildRequest};
 use cog_weights::quant::QuantArg;
@@ -45,12 +45,20 @@ fn bench() {
         compile_s = Some(t.elapsed().as_secs_f64());
     }
     let rt = runtime().unwrap_or_else(|e| panic!("{e}"));
+    let cuda_graph = std::env::var("COG_BENCH_CUDA_GRAPH").is_ok_and(|v| v == "1");
+    let opts = EngineOptions {
+        session: SessionOptions {
+            cuda_graph,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let t = Instant::now();
-    let g = Generator::load(&dir, &EngineOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let g = Generator::load(&dir, &opts).unwrap_or_else(|e| panic!("{e}"));
     let cold_load = t.elapsed().as_secs_f64();
     drop(g);
     let t = Instant::now();
-    let g = Generator::load(&dir, &EngineOptions::default()).unwrap();
+    let g = Generator::load(&dir, &opts).unwrap();
     let cached_load = t.elapsed().as_secs_f64();
 
     // A raw prompt of exactly 512 tokens.
@@ -80,7 +88,7 @@ fn bench() {
     println!(
         "{}",
         serde_json::json!({
-            "dir": dir.display().to_string(), "ep": rt.ep.name(), "compile_s": compile_s,
+            "dir": dir.display().to_string(), "ep": rt.ep.name(), "cuda_graph": cuda_graph, "compile_s": compile_s,
             "cold_load_s": cold_load, "cached_load_s": cached_load, "prompt_tokens": n_prompt,
             "ttft_ms": ttft * 1e3, "decode_tokens": 256, "decode_tok_s": out.metrics.tokens_per_second,
         })

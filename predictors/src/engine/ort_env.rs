@@ -207,6 +207,8 @@ pub struct SessionOptions {
     pub no_cache: bool,
     /// Intra-op threads for the CPU provider (0: ONNX Runtime's default, all cores).
     pub intra_threads: usize,
+    /// CUDA provider only: capture decode steps as a CUDA graph (needs a shared KV buffer graph).
+    pub cuda_graph: bool,
 }
 
 impl OrtRuntime {
@@ -312,7 +314,10 @@ impl OrtRuntime {
         }
         if self.ep == Ep::Cuda {
             b = b
-                .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+                .with_execution_providers([ep::CUDA::default()
+                    .with_cuda_graph(opts.cuda_graph)
+                    .build()
+                    .error_on_failure()])
                 .map_err(|e| perr(&e))?;
         }
         Ok(b)

@@ -10,6 +10,7 @@
 //! Only inputs the graph declares are bound (`position_ids` is supplied when declared; any other unknown
 //! input is an error naming it). Logits come back to the host; only the last position's row is used.
 
+use super::cuda_graph::{GraphShape, GraphState};
 use super::sampling::Sampler;
 use crate::engine::ort_env::{Ep, LoadedFrom, OrtRuntime, SessionOptions};
 use cog_weights::format::{DecoderConfig, DecoderIo, FORMAT_VERSION};
@@ -37,7 +38,7 @@ pub enum DecoderError {
     Env(#[from] crate::engine::ort_env::OrtEnvError),
 }
 
-fn ort_err(e: impl std::fmt::Display) -> DecoderError {
+pub(super) fn ort_err(e: impl std::fmt::Display) -> DecoderError {
     DecoderError::Ort(e.to_string())
 }
 
@@ -72,13 +73,19 @@ pub struct DecodeOutcome {
     pub last_token_at: Option<Instant>,
 }
 
-struct LayerNames {
-    past: [String; 2],
-    present: [String; 2],
+pub(super) struct LayerNames {
+    pub past: [String; 2],
+    pub present: [String; 2],
+}
+
+struct State {
+    session: Session,
+    /// Present when decode steps are replayed as a CUDA graph (see `cuda_graph.rs`).
+    graph: Option<GraphState>,
 }
 
 pub struct DecoderModel {
-    session: Mutex<Session>,
+    state: Mutex<State>,
     pub config: DecoderConfig,
     layers: Vec<LayerNames>,
     inputs: HashSet<String>,
@@ -197,8 +204,41 @@ impl DecoderModel {
         .map_err(ort_err)?;
         tracing::info!(graph = %config.graph, layers = config.num_layers, context = config.context_length, kv = %config.kv_dtype,
             shared_kv = config.io.shared_kv_buffer, ep = rt.ep.name(), "decoder loaded");
+        let graph = if opts.cuda_graph && rt.ep == Ep::Cuda && config.io.shared_kv_buffer {
+            let logits_type = session
+                .outputs()
+                .iter()
+                .find(|o| o.name() == io.logits)
+                .and_then(|o| o.dtype().tensor_type())
+                .ok_or_else(|| DecoderError::Graph {
+                    what: "has a non-tensor logits output".into(),
+                })?;
+            let alloc = Allocator::new(&session, device.clone()).map_err(ort_err)?;
+            let shape = GraphShape {
+                layers: &layers,
+                kv_type,
+                logits_type,
+                kv_heads: config.num_kv_heads,
+                head_dim: config.head_dim,
+                context: config.context_length,
+                vocab: config.vocab_size,
+                input_ids: &ids_name,
+                attention_mask: &io.attention_mask,
+                logits: &io.logits,
+            };
+            Some(GraphState::new(&session, &alloc, &shape)?)
+        } else {
+            if opts.cuda_graph {
+                tracing::warn!(
+                    ep = rt.ep.name(),
+                    shared_kv = config.io.shared_kv_buffer,
+                    "CUDA graphs need the CUDA provider and a shared KV buffer; decoding without"
+                );
+            }
+            None
+        };
         Ok(DecoderModel {
-            session: Mutex::new(session),
+            state: Mutex::new(State { session, graph }),
             config,
             layers,
             inputs,
@@ -241,13 +281,30 @@ impl DecoderModel {
         if budget == 0 {
             return Ok(out);
         }
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let mut binding = session.create_binding().map_err(ort_err)?;
-        let mut kv = self.init_cache(&session, &mut binding)?;
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State { session, graph } = &mut *guard;
         let stop: &[u32] = if params.ignore_eos {
             &[]
         } else {
             &self.config.tokens.eos_token_ids
+        };
+        // One model run: `input` at position `past`, returning the last position's logits.
+        let mut run: Box<RunStep<'_>> = match graph {
+            Some(g) => Box::new(move |input: &[u32], past: usize| {
+                let logits = if past == 0 {
+                    g.prefill(session, input)?
+                } else {
+                    g.step(session, input[0], past)?
+                };
+                last_row(&logits)
+            }),
+            None => {
+                let mut binding = session.create_binding().map_err(ort_err)?;
+                let mut kv = self.init_cache(session, &mut binding)?;
+                Box::new(move |input: &[u32], past: usize| {
+                    self.step(session, &mut binding, &mut kv, input, past)
+                })
+            }
         };
         let mut input: Vec<u32> = prompt.to_vec();
         let mut past = 0usize;
@@ -256,7 +313,7 @@ impl DecoderModel {
                 out.finish = FinishReason::Cancelled;
                 break;
             }
-            let logits = self.step(&mut session, &mut binding, &mut kv, &input, past)?;
+            let logits = run(&input, past)?;
             past += input.len();
             let token = sampler.sample(&logits);
             let now = Instant::now();
@@ -382,6 +439,9 @@ impl DecoderModel {
         last_row(&logits)
     }
 }
+
+/// One model run: the new ids at a position, returning the last position's logits.
+type RunStep<'a> = dyn FnMut(&[u32], usize) -> Result<Vec<f32>, DecoderError> + 'a;
 
 enum Kv {
     Growing(Vec<DynValue>),

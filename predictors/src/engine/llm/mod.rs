@@ -1,6 +1,7 @@
 //! Text generation: tokenizer and chat template, sampling, incremental detokenizer, the decode loop, and
 //! the [`Generator`] the language-model predictors call.
 
+mod cuda_graph;
 pub mod decoder;
 pub mod detok;
 pub mod generator;
