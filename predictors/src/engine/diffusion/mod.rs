@@ -6,4 +6,5 @@
 pub mod latents;
 pub mod lora;
 pub mod schedule;
+pub mod tokenize;
 pub mod triggers;
