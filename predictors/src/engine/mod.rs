@@ -3,3 +3,4 @@
 pub mod diffusion;
 pub mod llm;
 pub mod ort_env;
+pub mod vision;
