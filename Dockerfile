@@ -18,18 +18,16 @@ FROM ${BUILD_IMAGE} AS build
 ARG BIN=cogrs
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never
+COPY docker/stub-workspace /usr/local/bin/stub-workspace
 COPY Cargo.toml Cargo.lock ./
 COPY runtime/Cargo.toml runtime/
 COPY weights/Cargo.toml weights/
 COPY predictors/Cargo.toml predictors/
 COPY tests/Cargo.toml tests/
-# Stub every target the manifests name, build the dependencies, then forget the stubs' own output.
+# Stub every target the manifests name, build the dependencies, then forget the stubs.
+# (A new workspace member needs its Cargo.toml copied above and its folder in both lists.)
 RUN set -eu; \
-    for c in runtime weights predictors tests; do mkdir -p $c/src && echo > $c/src/lib.rs; done; \
-    mkdir -p runtime/examples tests/src/bin; \
-    echo 'fn main() {}' > runtime/examples/hello.rs; \
-    echo 'fn main() {}' > predictors/src/main.rs; \
-    echo 'fn main() {}' > tests/src/bin/loadgen.rs; \
+    stub-workspace runtime/Cargo.toml weights/Cargo.toml predictors/Cargo.toml tests/Cargo.toml; \
     case "$BIN" in \
       cogrs) cargo build --release --locked -p cog-predictors --bin cogrs ;; \
       hello) cargo build --release --locked -p cog-runtime --example hello ;; \
