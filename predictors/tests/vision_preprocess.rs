@@ -55,16 +55,25 @@ fn compare(name: &str) -> (PixelValues, f32, f64) {
 
 #[test]
 fn lossless_images_match_transformers_bit_for_bit() {
-    // Upscale (RGB, grey), downscale in one axis and upscale in the other, alpha composited onto white,
-    // lossless WebP, and the first frame of an animated GIF with a transparent palette entry.
-    for name in [
+    // Upscale (RGB, grey), downscale in one axis and upscale in the other, strong downscale in both,
+    // one axis already at 896, alpha composited onto white, lossless WebP, the first frame of an
+    // animated GIF with a transparent palette entry, and every EXIF orientation (2..8, PNG eXIf).
+    let orientations: Vec<String> = (2..=8).map(|o| format!("orient{o}_24x16.png")).collect();
+    let names = [
         "rgb_61x37.png",
         "gray_50x20.png",
         "down_1000x700.png",
+        "down_2000x1800.png",
+        "tall_896x500.png",
         "rgba_40x30.png",
         "lossless_50x40.webp",
         "anim_33x21.gif",
-    ] {
+    ];
+    for name in names
+        .iter()
+        .copied()
+        .chain(orientations.iter().map(String::as_str))
+    {
         let (pv, worst, _) = compare(name);
         assert_eq!(
             worst, 0.0,

@@ -80,6 +80,18 @@ def make_fixtures():
         # Palette index 0 transparent in the first frame: composited onto white.
         f0.save(p, save_all=True, append_images=[f1], transparency=0, duration=100, loop=0)
     out["anim_33x21.gif"] = gif
+    # Strong downscale in both axes (wider filter), and a width already at 896 (vertical pass only).
+    out["down_2000x1800.png"] = lambda p: Image.fromarray(pattern(
+        2000, 1800, lambda x, y: ((x // 9 * 31) % 256, (y // 13 * 17) % 256, ((x * 3 + y) // 23 * 11) % 256))).save(p, optimize=True)
+    out["tall_896x500.png"] = lambda p: Image.fromarray(pattern(
+        896, 500, lambda x, y: ((x // 3) % 256, (y // 2) % 256, 90))).save(p, optimize=True)
+    # Every EXIF orientation (2..8), losslessly, so that each transpose is checked bit for bit.
+    for o in range(2, 9):
+        def oriented(p, o=o):
+            exif = Image.Exif()
+            exif[0x0112] = o
+            Image.fromarray(asymmetric(24, 16)).save(p, exif=exif.tobytes())
+        out[f"orient{o}_24x16.png"] = oriented
     for name, make in out.items():
         if not (FIX / name).exists():
             make(FIX / name)
