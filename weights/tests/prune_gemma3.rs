@@ -181,3 +181,101 @@ fn bad_maps_are_refused_naming_the_file() {
     let e = FilterMap::load(&p).unwrap_err().to_string();
     assert!(e.contains("m.json") && e.contains("why"), "{e}");
 }
+
+/// Every tensor name of a Gemma-3-4b-it checkpoint (34 text layers, 27 SigLIP layers), in the Hub
+/// file's naming (`language_model.model.…`) and in transformers ≥ 4.52's (`model.language_model.…`).
+fn gemma3_4b_names(text: &str, vision: &str, projector: &str, lm_head: &str) -> Vec<String> {
+    let mut n = vec![
+        format!("{text}.embed_tokens.weight"),
+        format!("{text}.norm.weight"),
+        lm_head.to_string(),
+        format!("{projector}.mm_input_projection_weight"),
+        format!("{projector}.mm_soft_emb_norm.weight"),
+        format!("{vision}.embeddings.patch_embedding.weight"),
+        format!("{vision}.embeddings.patch_embedding.bias"),
+        format!("{vision}.embeddings.position_embedding.weight"),
+        format!("{vision}.post_layernorm.weight"),
+        format!("{vision}.post_layernorm.bias"),
+    ];
+    for i in 0..34 {
+        for t in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            n.push(format!("{text}.layers.{i}.{t}.weight"));
+        }
+    }
+    for j in 0..27 {
+        for t in [
+            "layer_norm1",
+            "layer_norm2",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+            "mlp.fc1",
+            "mlp.fc2",
+        ] {
+            for p in ["weight", "bias"] {
+                n.push(format!("{vision}.encoder.layers.{j}.{t}.{p}"));
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn every_gemma3_4b_tensor_has_an_explicit_decision() {
+    let m = map();
+    for (text, vision, projector, lm_head) in [
+        (
+            "language_model.model",
+            "vision_tower.vision_model",
+            "multi_modal_projector",
+            "language_model.lm_head.weight",
+        ),
+        (
+            "model.language_model",
+            "model.vision_tower.vision_model",
+            "model.multi_modal_projector",
+            "lm_head.weight",
+        ),
+    ] {
+        let names = gemma3_4b_names(text, vision, projector, lm_head);
+        let mut allowed = Vec::new();
+        for name in &names {
+            match m.decide(name) {
+                Decision::Allowed { .. } => allowed.push(name.clone()),
+                Decision::Denied { .. } => {}
+                Decision::NotInMap => panic!("{name} is in no rule of the Gemma 3 map"),
+            }
+        }
+        // q, k, v, up, down of each of the 34 text layers, and nothing else.
+        assert_eq!(allowed.len(), 34 * 5, "{text}");
+        assert!(allowed.iter().all(|n| n.starts_with(text)), "{allowed:?}");
+        for suffix in [
+            "q_proj.weight",
+            "k_proj.weight",
+            "v_proj.weight",
+            "up_proj.weight",
+            "down_proj.weight",
+        ] {
+            assert_eq!(
+                allowed.iter().filter(|n| n.ends_with(suffix)).count(),
+                34,
+                "{suffix}"
+            );
+        }
+    }
+}
