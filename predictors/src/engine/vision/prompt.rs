@@ -34,6 +34,56 @@ pub struct MultimodalPrompt {
     pub image_positions: Vec<usize>,
 }
 
+impl MultimodalPrompt {
+    /// Gemma3Processor's `token_type_ids`: 1 at image soft tokens, 0 elsewhere. Gemma 3 lets the
+    /// tokens of one image attend to each other both ways during prefill; this marks them.
+    pub fn token_type_ids(&self) -> Vec<u32> {
+        let mut t = vec![0; self.ids.len()];
+        self.image_positions.iter().for_each(|&p| t[p] = 1);
+        t
+    }
+
+    /// Each image's run of soft tokens, in order.
+    pub fn image_spans(&self) -> Vec<std::ops::Range<usize>> {
+        self.image_positions
+            .chunks(TOKENS_PER_IMAGE)
+            .map(|run| run[0]..run[run.len() - 1] + 1)
+            .collect()
+    }
+}
+
+/// Puts image features where the soft tokens are, as transformers' `masked_scatter` does: row j of
+/// `features` (`[positions.len(), hidden]`) replaces the embedding of token `positions[j]` in
+/// `embeds` (`[tokens, hidden]`).
+pub fn merge_image_features<T: Copy>(
+    embeds: &mut [T],
+    hidden: usize,
+    positions: &[usize],
+    features: &[T],
+) -> Result<(), String> {
+    if hidden == 0 || embeds.len() % hidden != 0 {
+        return Err(format!(
+            "embeddings of {} values are not rows of {hidden}",
+            embeds.len()
+        ));
+    }
+    if features.len() != positions.len() * hidden {
+        return Err(format!(
+            "{} feature values for {} image tokens of width {hidden}",
+            features.len(),
+            positions.len()
+        ));
+    }
+    let tokens = embeds.len() / hidden;
+    if let Some(&bad) = positions.iter().find(|&&p| p >= tokens) {
+        return Err(format!("image token position {bad} beyond {tokens} tokens"));
+    }
+    for (row, &p) in features.chunks_exact(hidden).zip(positions) {
+        embeds[p * hidden..(p + 1) * hidden].copy_from_slice(row);
+    }
+    Ok(())
+}
+
 pub struct Gemma3Prompter {
     template: ChatTemplate,
     tokenizer: Tokenizer,
