@@ -3,8 +3,11 @@
 //! image encoding, and the predictors' inputs. Each stage mirrors diffusers' `FluxPipeline` /
 //! `FluxImg2ImgPipeline` and is tested against goldens those pipelines produced.
 
+pub mod image_io;
+pub mod inputs;
 pub mod latents;
 pub mod lora;
 pub mod schedule;
+pub mod sizes;
 pub mod tokenize;
 pub mod triggers;
