@@ -34,6 +34,18 @@ fn rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
+static SERVER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn kill_server() {
+    let pid = SERVER_PID.load(std::sync::atomic::Ordering::SeqCst);
+    if pid != 0 {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
 struct Fixture {
     server: HelloServer,
     tmp: tempfile::TempDir,
@@ -51,6 +63,12 @@ fn fixture() -> &'static Fixture {
             &[],
             &[("TMPDIR", &t), ("COG_LOG_LEVEL", "warn")],
         ));
+        // A static is never dropped: kill the server when the test process exits.
+        SERVER_PID.store(server.child.id(), std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: registers a plain extern "C" function with no captured state.
+        unsafe {
+            libc::atexit(kill_server);
+        }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

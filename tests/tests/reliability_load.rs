@@ -23,6 +23,7 @@ async fn load_above_the_slot_count_ends_every_prediction_once() {
         delay: 0.0,
         warmup: 500,
         hang_after: Duration::from_secs(30),
+        pace: false,
     };
     let r = run_load(&server, &hook, &params).await;
     eprintln!("{r:#?}");
@@ -67,6 +68,7 @@ async fn slow_predictions_hold_slots_and_excess_gets_409_at_once() {
         delay: 0.2,
         warmup: 50,
         hang_after: Duration::from_secs(30),
+        pace: false,
     };
     let r = run_load(&server, &hook, &params).await;
     eprintln!("{r:#?}");

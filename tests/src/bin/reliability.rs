@@ -130,6 +130,7 @@ async fn load_runs(quick: bool) -> Vec<LoadRun> {
                 delay: 0.01,
                 warmup: scale(1000),
                 hang_after: Duration::from_secs(60),
+                pace: true,
             },
         ),
         (
@@ -143,6 +144,7 @@ async fn load_runs(quick: bool) -> Vec<LoadRun> {
                 delay: 0.02,
                 warmup: scale(2000),
                 hang_after: Duration::from_secs(60),
+                pace: true,
             },
         ),
         (
@@ -156,6 +158,7 @@ async fn load_runs(quick: bool) -> Vec<LoadRun> {
                 delay: 0.0,
                 warmup: scale(2000),
                 hang_after: Duration::from_secs(60),
+                pace: true,
             },
         ),
     ];
@@ -356,6 +359,22 @@ async fn model_faults(quick: bool) -> Vec<Row> {
     rows
 }
 
+/// The proptest properties (the other tests in the fuzz files are plain tests).
+const PROPERTIES: [&str; 12] = [
+    "arbitrary_bodies",
+    "arbitrary_json_bodies_and_inputs",
+    "deep_nesting",
+    "arbitrary_ids",
+    "data_urls_never_panic",
+    "data_url_round_trips",
+    "data_url_literal_characters",
+    "safe_file_names",
+    "downloads_stay_in_their_folder",
+    "panics_fail_only_their_prediction",
+    "hello_inputs",
+    "raw_requests",
+];
+
 /// Runs a fuzz test binary with `FUZZ_CASES`; one row per property.
 fn fuzz(package: &str, test: &str, cases: u32) -> Vec<Row> {
     eprintln!("fuzz: {package} {test} with {cases} cases per property");
@@ -395,22 +414,16 @@ fn fuzz(package: &str, test: &str, cases: u32) -> Vec<Row> {
                 .map(|s| s.lines().take(12).collect::<Vec<_>>().join(" "))
                 .unwrap_or_default()
         };
+        // Properties run `cases` generated cases; the other tests of these files run once.
+        let n = if PROPERTIES.contains(&name) {
+            cases as usize
+        } else {
+            1
+        };
         rows.push(Row {
             what: format!("`{test}::{name}`"),
-            tried: if name.starts_with("zz_") || name.starts_with("still_") {
-                1
-            } else {
-                cases as usize
-            },
-            held: if ok {
-                if name.starts_with("zz_") || name.starts_with("still_") {
-                    1
-                } else {
-                    cases as usize
-                }
-            } else {
-                0
-            },
+            tried: n,
+            held: if ok { n } else { 0 },
             detail: if ok {
                 format!("{test}: {secs:.0} s for the file")
             } else {
