@@ -61,7 +61,7 @@ pub fn merge_image_features<T: Copy>(
     positions: &[usize],
     features: &[T],
 ) -> Result<(), String> {
-    if hidden == 0 || embeds.len() % hidden != 0 {
+    if hidden == 0 || !embeds.chunks_exact(hidden).remainder().is_empty() {
         return Err(format!(
             "embeddings of {} values are not rows of {hidden}",
             embeds.len()
