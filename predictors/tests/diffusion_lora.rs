@@ -336,3 +336,46 @@ fn malformed_files_are_refused_with_the_reason() {
     let empty = write(vec![m("model.weight", &a)], Enc::F32);
     assert!(lora::from_bytes(&empty).is_err());
 }
+
+/// A kohya/sd-scripts file converted by diffusers' own `_convert_kohya_flux_lora_to_diffusers`
+/// (weights/reference/flux_lora_golden.py): every module's ΔW = scale · B·A equals diffusers' B·A
+/// (diffusers folds alpha/rank into the weights; block-sparse fused qkv takes its chunked path).
+#[test]
+fn kohya_conversion_equals_diffusers() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/diffusion/");
+    let l = lora::load(std::path::Path::new(&format!(
+        "{dir}lora_kohya.safetensors"
+    )))
+    .unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}lora_kohya.json")).unwrap())
+            .unwrap();
+    let deltas = golden["deltas"].as_object().unwrap();
+    let mut names: Vec<&String> = deltas.keys().collect();
+    names.sort();
+    assert_eq!(
+        l.layers.keys().collect::<Vec<_>>(),
+        names,
+        "the same target modules"
+    );
+    for (module, want) in deltas {
+        let shape: Vec<usize> = want["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        let data = want["delta"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let want = Matrix {
+            rows: shape[0],
+            cols: shape[1],
+            data,
+        };
+        close(&l.layers[module].delta(), &want, 1e-5);
+    }
+}
