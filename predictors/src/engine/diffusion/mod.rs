@@ -3,6 +3,7 @@
 //! image encoding, and the predictors' inputs. Each stage mirrors diffusers' `FluxPipeline` /
 //! `FluxImg2ImgPipeline` and is tested against goldens those pipelines produced.
 
+pub mod denoise;
 pub mod image_io;
 pub mod inputs;
 pub mod latents;
