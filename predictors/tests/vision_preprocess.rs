@@ -57,7 +57,8 @@ fn compare(name: &str) -> (PixelValues, f32, f64) {
 fn lossless_images_match_transformers_bit_for_bit() {
     // Upscale (RGB, grey), downscale in one axis and upscale in the other, strong downscale in both,
     // one axis already at 896, alpha composited onto white, lossless WebP, the first frame of an
-    // animated GIF with a transparent palette entry, and every EXIF orientation (2..8, PNG eXIf).
+    // animated GIF with a transparent palette entry and of an animated WebP, a GIF frame covering part
+    // of its canvas, and every EXIF orientation (2..8, PNG eXIf).
     let orientations: Vec<String> = (2..=8).map(|o| format!("orient{o}_24x16.png")).collect();
     let names = [
         "rgb_61x37.png",
@@ -68,6 +69,8 @@ fn lossless_images_match_transformers_bit_for_bit() {
         "rgba_40x30.png",
         "lossless_50x40.webp",
         "anim_33x21.gif",
+        "anim_40x30.webp",
+        "offset_40x30.gif",
     ];
     for name in names
         .iter()
@@ -92,7 +95,7 @@ fn lossy_images_match_within_decoder_rounding() {
     // PIL's libjpeg-turbo / libwebp and the Rust decoders may round a level apart (the JPEG here is off by
     // one level at most; two are allowed); a wrong orientation or colour conversion would be off by far
     // more (the fixtures are asymmetric).
-    for name in ["orient6_32x48.jpg", "lossy_50x40.webp"] {
+    for name in ["orient6_32x48.jpg", "gray_40x30.jpg", "lossy_50x40.webp"] {
         let (_, worst, dmean) = compare(name);
         eprintln!("{name}: largest sample difference {worst}, mean difference {dmean}");
         assert!(

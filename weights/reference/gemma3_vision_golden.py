@@ -92,6 +92,34 @@ def make_fixtures():
             exif[0x0112] = o
             Image.fromarray(asymmetric(24, 16)).save(p, exif=exif.tobytes())
         out[f"orient{o}_24x16.png"] = oriented
+    # An animated lossless WebP (first frame used) and a GIF whose first frame covers only part of
+    # its canvas, at an offset (the rest is the transparent background: white after compositing).
+    def anim_webp(p):
+        f0 = Image.fromarray(asymmetric(40, 30))
+        f1 = Image.fromarray(np.full((30, 40, 3), 77, np.uint8))
+        f0.save(p, save_all=True, append_images=[f1], lossless=True, duration=100, loop=0)
+    out["anim_40x30.webp"] = anim_webp
+    def gif_offset(p):
+        # GIF89a, 40x30 canvas, one 20x10 frame at (12, 9): written by hand, since encoders crop
+        # frames to the canvas themselves.
+        frame = Image.fromarray(asymmetric(20, 10)).quantize(colors=8, dither=Image.Dither.NONE)
+        pal = frame.getpalette()[: 8 * 3] + [0] * 0
+        pal += [0] * (8 * 3 - len(pal))
+        import io
+        buf = io.BytesIO()
+        frame.save(buf, format="GIF")
+        data = buf.getvalue()
+        # Reuse Pillow's LZW data for the frame: find its image descriptor (0x2C) after the header.
+        i = data.index(b"\x2c", 13 + 3 * 2 ** ((data[10] & 7) + 1))
+        lzw = data[i + 10:]
+        gct_bits = data[10] & 7
+        gct = data[13:13 + 3 * 2 ** (gct_bits + 1)]
+        hdr = b"GIF89a" + (40).to_bytes(2, "little") + (30).to_bytes(2, "little") + bytes([0x80 | gct_bits, 0, 0]) + gct
+        gce = bytes([0x21, 0xF9, 4, 1, 0, 0, len(gct) // 3 - 1, 0])  # last palette entry transparent
+        desc = bytes([0x2C]) + (12).to_bytes(2, "little") + (9).to_bytes(2, "little") + (20).to_bytes(2, "little") + (10).to_bytes(2, "little") + bytes([0])
+        pathlib.Path(p).write_bytes(hdr + gce + desc + lzw)
+    out["offset_40x30.gif"] = gif_offset
+    out["gray_40x30.jpg"] = lambda p: Image.fromarray(asymmetric(40, 30)).convert("L").save(p, quality=95)
     for name, make in out.items():
         if not (FIX / name).exists():
             make(FIX / name)
