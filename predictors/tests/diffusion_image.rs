@@ -140,3 +140,25 @@ fn encodings_decode_back_and_quality_matters() {
         "webp PSNR {p_hi} vs {p_lo}"
     );
 }
+
+/// A photo stored sideways with EXIF orientation 6 is used upright (as diffusers' `load_image`,
+/// which applies `exif_transpose`): its size is swapped and its pixels turned 90° clockwise.
+#[test]
+fn exif_orientation_is_applied() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/vision/orient6_24x16.png");
+    let stored = image::open(&path).unwrap().to_rgb8();
+    assert_eq!(stored.dimensions(), (24, 16));
+    assert_eq!(image_io::dimensions(&path).unwrap(), (16, 24));
+    let upright = image::imageops::rotate90(&stored);
+    let got = image_io::load_for_vae(&path, 16, 24).unwrap();
+    let plane = 16 * 24;
+    for (i, px) in upright.pixels().enumerate() {
+        for c in 0..3 {
+            assert_eq!(
+                got[c * plane + i],
+                px.0[c] as f32 / 255.0 * 2.0 - 1.0,
+                "pixel {i}"
+            );
+        }
+    }
+}

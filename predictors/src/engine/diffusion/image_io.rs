@@ -1,13 +1,17 @@
 //! Images in and out of the pipeline. Out: the VAE's (3, H, W) f32 in [-1, 1] → 8-bit RGB exactly
 //! as diffusers' `VaeImageProcessor.postprocess` rounds it → webp (lossy, libwebp, at
-//! `output_quality`), jpg (at `output_quality`) or png (lossless). In: an img2img input decoded,
-//! resized (Lanczos3) to the generation size and normalised to [-1, 1] for the VAE encoder.
+//! `output_quality`), jpg (at `output_quality`) or png (lossless). In: an img2img input decoded
+//! upright, resized (Lanczos3) to the generation size and normalised to [-1, 1] for the VAE encoder.
 
 use super::inputs::OutputFormat;
-use image::{codecs::jpeg::JpegEncoder, codecs::png::PngEncoder, ImageEncoder, ImageReader};
+use crate::engine::vision::decode::{decode_rgb, ImageLimits};
+use image::{
+    codecs::jpeg::JpegEncoder, codecs::png::PngEncoder, ImageDecoder, ImageEncoder, ImageReader,
+};
 use std::path::Path;
 
-/// An image file's (width, height) from its header; the error says why it is not an image.
+/// An image file's upright (width, height) from its header (EXIF rotations by 90° swap the two, as
+/// the decoded image will be turned); the error says why it is not a usable image.
 pub fn dimensions(path: &Path) -> Result<(u32, u32), String> {
     let reader = ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
@@ -15,25 +19,34 @@ pub fn dimensions(path: &Path) -> Result<(u32, u32), String> {
     if reader.format().is_none() {
         return Err("is not an image (PNG, JPEG, WebP or GIF)".into());
     }
-    let (w, h) = reader
-        .into_dimensions()
+    let mut decoder = reader
+        .into_decoder()
         .map_err(|e| format!("is not a readable image: {e}"))?;
-    if w == 0 || h == 0 {
-        return Err(format!("is empty ({w}×{h})"));
+    let (w, h) = decoder.dimensions();
+    let limits = ImageLimits::default();
+    if w.min(h) < limits.min_side || w as u64 * h as u64 > limits.max_pixels {
+        return Err(format!(
+            "is {w}×{h} pixels; each side must be at least {} and the whole at most {} megapixels",
+            limits.min_side,
+            limits.max_pixels / 1_000_000
+        ));
     }
-    Ok((w, h))
+    use image::metadata::Orientation::*;
+    match decoder.orientation() {
+        Ok(Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH) => Ok((h, w)),
+        _ => Ok((w, h)),
+    }
 }
 
-/// Decodes `path`, resizes it to width×height and returns (3, H, W) f32 in [-1, 1] — what
-/// diffusers' `VaeImageProcessor.preprocess` hands the VAE encoder (its resize is PIL's Lanczos;
-/// this one is the image crate's Lanczos3, equal to within a few 8-bit levels at edges).
+/// Decodes `path` (upright by its EXIF orientation, transparency onto white, size limits checked
+/// from the header: the vision engine's decoder), resizes it to width×height and returns (3, H, W)
+/// f32 in [-1, 1] — what diffusers' `VaeImageProcessor.preprocess` hands the VAE encoder (its
+/// resize is PIL's Lanczos; this one is the image crate's Lanczos3, within a few 8-bit levels).
 pub fn load_for_vae(path: &Path, width: u32, height: u32) -> Result<Vec<f32>, String> {
-    let img = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| format!("cannot read the file: {e}"))?
-        .decode()
-        .map_err(|e| format!("is not a readable image: {e}"))?
-        .to_rgb8();
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let rgb = decode_rgb(&bytes, &ImageLimits::default()).map_err(|e| e.to_string())?;
+    let img = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data)
+        .ok_or("decoded image has the wrong size")?;
     let img = if img.dimensions() == (width, height) {
         img
     } else {
