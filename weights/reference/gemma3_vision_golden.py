@@ -103,9 +103,6 @@ def make_fixtures():
         # GIF89a, 40x30 canvas, one 20x10 frame at (12, 9): written by hand, since encoders crop
         # frames to the canvas themselves.
         frame = Image.fromarray(asymmetric(20, 10)).quantize(colors=8, dither=Image.Dither.NONE)
-        pal = frame.getpalette()[: 8 * 3] + [0] * 0
-        pal += [0] * (8 * 3 - len(pal))
-        import io
         buf = io.BytesIO()
         frame.save(buf, format="GIF")
         data = buf.getvalue()
