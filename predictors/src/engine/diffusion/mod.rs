@@ -10,5 +10,6 @@ pub mod latents;
 pub mod lora;
 pub mod schedule;
 pub mod sizes;
+pub mod slots;
 pub mod tokenize;
 pub mod triggers;
