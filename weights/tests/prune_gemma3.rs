@@ -167,6 +167,36 @@ fn a_pass_touches_only_allowed_tensors_and_reports_every_one() {
 }
 
 #[test]
+fn the_builtin_map_is_the_recipe_file() {
+    assert_eq!(FilterMap::builtin("gemma3"), Some(map()));
+    assert_eq!(FilterMap::builtin("no-such-model"), None);
+}
+
+#[test]
+fn a_summary_totals_the_pass() {
+    let m = map();
+    let mut ts = vec![
+        (
+            "model.layers.0.mlp.up_proj.weight".to_string(),
+            Tensor::new(vec![4, 5], (1..=20).map(|i| i as f32).collect()),
+        ),
+        (
+            "model.layers.0.self_attn.o_proj.weight".to_string(),
+            Tensor::new(vec![2, 5], vec![1.0; 10]),
+        ),
+    ];
+    let reports = prune::prune(&mut ts, &m, Method::Magnitude { sparsity: 0.25 }).unwrap();
+    let s = prune::summarize(&reports);
+    assert_eq!((s.tensors, s.pruned_tensors, s.skipped_tensors), (2, 1, 1));
+    assert_eq!(
+        (s.pruned_params, s.pruned_zeros, s.total_params),
+        (20, 5, 30)
+    );
+    assert_eq!(s.sparsity_of_pruned, 0.25);
+    assert_eq!(s.zeroed_fraction_of_total, 5.0 / 30.0);
+}
+
+#[test]
 fn bad_maps_are_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.json");

@@ -46,10 +46,24 @@ impl Decision {
     }
 }
 
+/// The maps in weights/recipes/, compiled in so that an installed `cogrs` needs no source tree.
+const BUILTIN: &[(&str, &str)] = &[("gemma3", include_str!("../../recipes/gemma3.prune.json"))];
+
 impl FilterMap {
     pub fn load(path: &Path) -> Result<FilterMap, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let map: FilterMap = serde_json::from_str(&text).map_err(|source| Error::Json {
+        Self::parse(&text, path)
+    }
+
+    /// A map shipped with the crate, by model name (`gemma3`); `None` for an unknown name.
+    pub fn builtin(name: &str) -> Option<FilterMap> {
+        let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name)?;
+        let path = Path::new("weights/recipes").join(format!("{name}.prune.json"));
+        Some(Self::parse(text, &path).expect("built-in filter maps are valid (tested)"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<FilterMap, Error> {
+        let map: FilterMap = serde_json::from_str(text).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
         })?;

@@ -69,6 +69,46 @@ pub struct TensorReport {
     pub skipped: Option<String>,
 }
 
+/// Totals over a pass, for build logs and benchmark tables.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub tensors: usize,
+    /// Tensors the pass changed or could have changed (allowed and prunable).
+    pub pruned_tensors: usize,
+    pub skipped_tensors: usize,
+    /// Weights in the pruned tensors, and how many of them are zero after the pass.
+    pub pruned_params: usize,
+    pub pruned_zeros: usize,
+    /// `pruned_zeros / pruned_params`.
+    pub sparsity_of_pruned: f64,
+    /// Weights in all tensors, and the fraction of them that the pass set to zero.
+    pub total_params: usize,
+    pub zeroed_fraction_of_total: f64,
+}
+
+pub fn summarize(reports: &[TensorReport]) -> Summary {
+    let numel = |r: &TensorReport| r.shape.iter().product::<usize>();
+    let pruned: Vec<&TensorReport> = reports.iter().filter(|r| r.skipped.is_none()).collect();
+    let pruned_params: usize = pruned.iter().map(|r| numel(r)).sum();
+    let pruned_zeros: usize = pruned
+        .iter()
+        .map(|r| (r.sparsity * numel(r) as f64).round() as usize)
+        .sum();
+    let total_params: usize = reports.iter().map(numel).sum();
+    let zeroed: usize = reports.iter().map(|r| r.zeroed).sum();
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Summary {
+        tensors: reports.len(),
+        pruned_tensors: pruned.len(),
+        skipped_tensors: reports.len() - pruned.len(),
+        pruned_params,
+        pruned_zeros,
+        sparsity_of_pruned: ratio(pruned_zeros, pruned_params),
+        total_params,
+        zeroed_fraction_of_total: ratio(zeroed, total_params),
+    }
+}
+
 /// Prunes one named tensor if the map allows it.
 pub fn prune_tensor(
     name: &str,
