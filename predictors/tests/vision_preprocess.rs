@@ -195,7 +195,14 @@ fn too_large_is_refused_from_the_header_before_decoding() {
         .to_string();
     assert_eq!(
         e,
-        "image too large: 20000x20000 pixels (400.0 megapixels), the limit is 100 megapixels"
+        "image too large: 20000x20000 pixels, 400.0 megapixels where at most 100 are accepted"
+    );
+    // Few pixels but a side past the limit: 8 x 40000 is 0.3 megapixels.
+    assert_eq!(
+        preprocess(&png_header_only(8, 40000))
+            .unwrap_err()
+            .to_string(),
+        "image too large: 8x40000 pixels, a side longer than the 32768 pixels accepted"
     );
     // Just under the limit in pixels the header check passes and the (bogus) data is then found corrupt.
     assert!(matches!(

@@ -14,21 +14,26 @@ pub struct ImageLimits {
     pub min_side: u32,
     /// At most this many pixels (width × height), checked from the header.
     pub max_pixels: u64,
+    /// Neither side longer than this: resizing works row by row at the output width, so a thin,
+    /// very tall image would need 896 × height × 3 bytes however few pixels it has.
+    pub max_side: u32,
 }
 
 impl Default for ImageLimits {
     fn default() -> Self {
         // 8 px: below that an image carries nothing a 896 px model input can use (a 1×1 "image" is
-        // a tracking pixel, not a picture). 100 MP: larger than any camera photo, and its RGBA
-        // decode (400 MB) is the most one request may allocate.
+        // a tracking pixel, not a picture). 100 MP: larger than any camera photo; decoding one
+        // takes 300-400 MB. 32768 px: wider than phone panoramas, and bounds the resize's
+        // intermediate to 88 MB.
         ImageLimits {
             min_side: 8,
             max_pixels: 100_000_000,
+            max_side: 32768,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageError {
     #[error("not an image: the data starts with no known image signature (accepted: PNG, JPEG, WebP, GIF)")]
     NotAnImage,
@@ -46,12 +51,12 @@ pub enum ImageError {
     },
     #[error("image too small: {width}x{height} pixels, each side must be at least {min} pixels")]
     TooSmall { width: u32, height: u32, min: u32 },
-    #[error("image too large: {width}x{height} pixels ({megapixels:.1} megapixels), the limit is {limit} megapixels")]
+    #[error("image too large: {width}x{height} pixels, {limit}")]
     TooLarge {
         width: u32,
         height: u32,
-        megapixels: f64,
-        limit: f64,
+        /// Which limit, in words.
+        limit: String,
     },
 }
 
@@ -138,12 +143,25 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
     let mut decoder = reader.into_decoder().map_err(|e| failure(format, e))?;
     let (width, height) = decoder.dimensions();
     let pixels = width as u64 * height as u64;
-    if pixels > limits.max_pixels {
+    let too_large = if pixels > limits.max_pixels {
+        Some(format!(
+            "{:.1} megapixels where at most {} are accepted",
+            pixels as f64 / 1e6,
+            limits.max_pixels as f64 / 1e6
+        ))
+    } else if width.max(height) > limits.max_side {
+        Some(format!(
+            "a side longer than the {} pixels accepted",
+            limits.max_side
+        ))
+    } else {
+        None
+    };
+    if let Some(limit) = too_large {
         return Err(ImageError::TooLarge {
             width,
             height,
-            megapixels: pixels as f64 / 1e6,
-            limit: limits.max_pixels as f64 / 1e6,
+            limit,
         });
     }
     if width.min(height) < limits.min_side {

@@ -101,40 +101,40 @@ fn convolve(
     }
 }
 
-/// `Image.resize((width, height), Image.BILINEAR)` of an RGB image.
+/// `Image.resize((width, height), Image.BILINEAR)` of an RGB image: horizontal pass first, as
+/// Pillow does (the order changes the 8-bit rounding, so it must be the same).
 pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
-    let mut cur = img.clone();
-    if width != cur.width {
-        let c = coeffs(cur.width, width);
-        let mut out = vec![0u8; width * cur.height * 3];
-        let src_w = cur.width;
+    let horizontal = (width != img.width).then(|| {
+        let c = coeffs(img.width, width);
+        let mut out = vec![0u8; width * img.height * 3];
         convolve(
-            &cur.data,
+            &img.data,
             &c,
             &mut out,
-            (cur.height, src_w * 3, 3),
+            (img.height, img.width * 3, 3),
             |y, x| (y * width + x) * 3,
         );
-        cur = Rgb8 {
+        Rgb8 {
             width,
-            height: cur.height,
+            height: img.height,
             data: out,
-        };
+        }
+    });
+    let src = horizontal.as_ref().unwrap_or(img);
+    if height == src.height {
+        return horizontal.unwrap_or_else(|| img.clone());
     }
-    if height != cur.height {
-        let c = coeffs(cur.height, height);
-        let w = cur.width;
-        let mut out = vec![0u8; w * height * 3];
-        convolve(&cur.data, &c, &mut out, (w, 3, w * 3), |x, y| {
-            (y * w + x) * 3
-        });
-        cur = Rgb8 {
-            width: w,
-            height,
-            data: out,
-        };
+    let c = coeffs(src.height, height);
+    let w = src.width;
+    let mut out = vec![0u8; w * height * 3];
+    convolve(&src.data, &c, &mut out, (w, 3, w * 3), |x, y| {
+        (y * w + x) * 3
+    });
+    Rgb8 {
+        width: w,
+        height,
+        data: out,
     }
-    cur
 }
 
 #[cfg(test)]
