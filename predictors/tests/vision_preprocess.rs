@@ -285,3 +285,66 @@ fn truncated_images_are_named_truncated() {
         }
     }
 }
+
+#[test]
+fn probe_checks_the_header_and_gives_the_upright_size() {
+    use cog_predictors::engine::vision::decode::{probe, Probe};
+    let limits = ImageLimits::default();
+    let p = |name: &str| probe(&read(name), &limits).unwrap();
+    assert_eq!(
+        p("rgb_61x37.png"),
+        Probe {
+            format: "PNG",
+            width: 61,
+            height: 37
+        }
+    );
+    // Stored 32x48, EXIF orientation 6: upright 48x32.
+    assert_eq!(
+        p("orient6_32x48.jpg"),
+        Probe {
+            format: "JPEG",
+            width: 48,
+            height: 32
+        }
+    );
+    assert_eq!(
+        p("orient3_24x16.png"),
+        Probe {
+            format: "PNG",
+            width: 24,
+            height: 16
+        }
+    );
+    assert_eq!(
+        p("anim_33x21.gif"),
+        Probe {
+            format: "GIF",
+            width: 33,
+            height: 21
+        }
+    );
+    assert_eq!(
+        p("lossy_50x40.webp"),
+        Probe {
+            format: "WebP",
+            width: 50,
+            height: 40
+        }
+    );
+    // The same refusals as decoding, without decoding.
+    assert!(matches!(
+        probe(&png_header_only(20000, 20000), &limits),
+        Err(ImageError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        probe(&encode_png(1, 1), &limits),
+        Err(ImageError::TooSmall { .. })
+    ));
+    assert_eq!(probe(b"text", &limits), Err(ImageError::NotAnImage));
+    let jpg = read("orient6_32x48.jpg");
+    assert!(matches!(
+        probe(&jpg[..jpg.len() / 2], &limits),
+        Err(ImageError::Truncated { .. })
+    ));
+}

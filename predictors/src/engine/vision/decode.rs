@@ -4,6 +4,7 @@
 //! transparency composited onto white as transformers' `convert_to_rgb` does.
 
 use super::resample::Rgb8;
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use std::io::Cursor;
 
@@ -119,8 +120,45 @@ fn truncation(format: ImageFormat, bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// What an image's header says, checked against the limits, before any pixel is decoded: for
+/// validating an input (a 422 before the prediction runs) without the cost of decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: &'static str,
+    /// The upright size: an EXIF rotation by 90° swaps the stored width and height.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Reads the header of `bytes` and checks format, size and completeness (see [`decode_rgb`]).
+pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, ImageError> {
+    use image::metadata::Orientation::*;
+    let (format, decoder, orientation) = open(bytes, limits)?;
+    let (w, h) = decoder.dimensions();
+    let (width, height) = match orientation {
+        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (h, w),
+        _ => (w, h),
+    };
+    Ok(Probe {
+        format: format_name(format),
+        width,
+        height,
+    })
+}
+
 /// Decodes `bytes` into an upright RGB8 image.
 pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError> {
+    let (format, decoder, orientation) = open(bytes, limits)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| failure(format, e))?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb_on_white(img))
+}
+
+/// Format, header, limits, EXIF orientation and completeness: everything short of decoding.
+fn open<'a>(
+    bytes: &'a [u8],
+    limits: &ImageLimits,
+) -> Result<(ImageFormat, impl ImageDecoder + 'a, Orientation), ImageError> {
     let format = image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
     if !matches!(
         format,
@@ -142,6 +180,19 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
     reader.limits(decoder_limits);
     let mut decoder = reader.into_decoder().map_err(|e| failure(format, e))?;
     let (width, height) = decoder.dimensions();
+    check_size(width, height, limits)?;
+    // A malformed EXIF block does not make the picture unusable: PIL ignores it too.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    if let Some(detail) = truncation(format, bytes) {
+        return Err(ImageError::Truncated {
+            format: format_name(format),
+            detail: detail.into(),
+        });
+    }
+    Ok((format, decoder, orientation))
+}
+
+fn check_size(width: u32, height: u32, limits: &ImageLimits) -> Result<(), ImageError> {
     let pixels = width as u64 * height as u64;
     let too_large = if pixels > limits.max_pixels {
         Some(format!(
@@ -171,19 +222,7 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
             min: limits.min_side,
         });
     }
-    // A malformed EXIF block does not make the picture unusable: PIL ignores it too.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    if let Some(detail) = truncation(format, bytes) {
-        return Err(ImageError::Truncated {
-            format: format_name(format),
-            detail: detail.into(),
-        });
-    }
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| failure(format, e))?;
-    img.apply_orientation(orientation);
-    Ok(to_rgb_on_white(img))
+    Ok(())
 }
 
 /// RGB8, alpha composited onto opaque white with Pillow's `alpha_composite` integer arithmetic, as
