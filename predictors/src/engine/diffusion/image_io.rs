@@ -4,38 +4,17 @@
 //! upright, resized (Lanczos3) to the generation size and normalised to [-1, 1] for the VAE encoder.
 
 use super::inputs::OutputFormat;
-use crate::engine::vision::decode::{decode_rgb, ImageLimits};
-use image::{
-    codecs::jpeg::JpegEncoder, codecs::png::PngEncoder, ImageDecoder, ImageEncoder, ImageReader,
-};
+use crate::engine::vision::decode::{decode_rgb, probe, ImageLimits};
+use image::{codecs::jpeg::JpegEncoder, codecs::png::PngEncoder, ImageEncoder};
 use std::path::Path;
 
-/// An image file's upright (width, height) from its header (EXIF rotations by 90° swap the two, as
-/// the decoded image will be turned); the error says why it is not a usable image.
+/// An image file's upright (width, height) from its header (the vision engine's probe: format,
+/// size limits, completeness; an EXIF rotation by 90° swaps the two); the error says why it is not
+/// a usable image.
 pub fn dimensions(path: &Path) -> Result<(u32, u32), String> {
-    let reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    if reader.format().is_none() {
-        return Err("is not an image (PNG, JPEG, WebP or GIF)".into());
-    }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| format!("is not a readable image: {e}"))?;
-    let (w, h) = decoder.dimensions();
-    let limits = ImageLimits::default();
-    if w.min(h) < limits.min_side || w as u64 * h as u64 > limits.max_pixels {
-        return Err(format!(
-            "is {w}×{h} pixels; each side must be at least {} and the whole at most {} megapixels",
-            limits.min_side,
-            limits.max_pixels / 1_000_000
-        ));
-    }
-    use image::metadata::Orientation::*;
-    match decoder.orientation() {
-        Ok(Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH) => Ok((h, w)),
-        _ => Ok((w, h)),
-    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let p = probe(&bytes, &ImageLimits::default()).map_err(|e| e.to_string())?;
+    Ok((p.width, p.height))
 }
 
 /// Decodes `path` (upright by its EXIF orientation, transparency onto white, size limits checked
