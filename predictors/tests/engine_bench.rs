@@ -84,6 +84,19 @@ fn bench() {
         );
     }
     let out = g.generate(&req(257), &mut |_| {}, &|| false).unwrap();
+    if let Ok(prefix) = std::env::var("COG_BENCH_PROFILE") {
+        // A separate profiled generator: one prefill and 32 decode steps, then the per-node trace.
+        let popts = EngineOptions {
+            session: SessionOptions {
+                profile: Some(prefix.into()),
+                ..opts.session.clone()
+            },
+            warm_up: true,
+        };
+        let pg = Generator::load(&dir, &popts).unwrap();
+        pg.generate(&req(33), &mut |_| {}, &|| false).unwrap();
+        println!("profile: {}", pg.end_profiling().unwrap());
+    }
     assert_eq!(out.metrics.output_token_count, 257);
     println!(
         "{}",

@@ -209,6 +209,8 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// CUDA provider only: capture decode steps as a CUDA graph (needs a shared KV buffer graph).
     pub cuda_graph: bool,
+    /// Write ONNX Runtime's per-node profile (Chrome trace JSON) with this path prefix.
+    pub profile: Option<PathBuf>,
 }
 
 impl OrtRuntime {
@@ -307,6 +309,9 @@ impl OrtRuntime {
             .map_err(|e| perr(&e))?
             .with_optimization_level(level)
             .map_err(|e| perr(&e))?;
+        if let Some(prefix) = &opts.profile {
+            b = b.with_profiling(prefix).map_err(|e| perr(&e))?;
+        }
         if opts.intra_threads > 0 {
             b = b
                 .with_intra_threads(opts.intra_threads)

@@ -335,6 +335,12 @@ impl DecoderModel {
         Ok(out)
     }
 
+    /// Ends ONNX Runtime profiling (see `SessionOptions::profile`) and returns the profile file's path.
+    pub fn end_profiling(&self) -> Result<String, DecoderError> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        guard.session.end_profiling().map_err(ort_err)
+    }
+
     fn init_cache(&self, session: &Session, binding: &mut IoBinding) -> Result<Kv, DecoderError> {
         let c = &self.config;
         if c.io.shared_kv_buffer {

@@ -136,6 +136,11 @@ impl Generator {
         Ok(())
     }
 
+    /// Ends ONNX Runtime profiling (enabled by `SessionOptions::profile`); returns the profile's path.
+    pub fn end_profiling(&self) -> Result<String, GenerateError> {
+        Ok(self.decoder.end_profiling()?)
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
