@@ -606,13 +606,36 @@ fn chrono_now() -> String {
 }
 
 const LIMITS: &str = "
-## Known limits (not covered by the tables)
+## Found and fixed while building this campaign (runtime/src/files.rs)
 
+- Non-base64 `data:` URLs were decoded as form data: `&` was dropped (`data:text/plain,a&b` gave
+  `ab`) and percent-encoded bytes that are not UTF-8 were replaced by U+FFFD. Now RFC 3986
+  percent-decoding (`fuzz_files::data_url_literal_characters`, `data_url_round_trips`).
+- A file name taken from a URL was cut at 200 *characters*, so 300 `€` gave a 600-byte name and
+  the download failed with `File name too long`; `&`, `=` and `+` in names were mangled. Now cut at
+  200 bytes on a character boundary, keeping a short extension (`fuzz_files::safe_file_names`,
+  `downloads_stay_in_their_folder`).
+- An upload target that accepts the connection and never answers held the prediction and its
+  slot forever (the client had only a connect timeout). Now `COG_UPLOAD_TIMEOUT` (default 300 s)
+  bounds each upload and the error says so.
+
+## Known limits and open issues (not fixed here)
+
+- Two predictions may run under one id: `POST /predictions` with a body `id` equal to a running
+  prediction's is accepted (when a slot is free) and replaces it in the registry; when either ends
+  it removes the id, so the other can no longer be cancelled (404) and shutdown's drain stops
+  waiting for it. (`service.rs`, `submit`.)
+- A JSON body that is not an object of the request's shape (`1`, `null`, `[]`, `{\"webhook\": 5}`)
+  gets axum's plain-text 422 instead of coglet's `{\"detail\": [...]}`.
+  (`http.rs`.)
 - The webhook sender's timeout (30 s), retry count (12) and backoff (0.1 s doubling, capped at
   10 s: about 50 s of retrying in all) are fixed; a receiver down for longer than that loses the
   terminal webhook (logged as `webhook given up`). There is no knob for the timeout.
 - The health check does not report that a predictor panicked; the prediction fails with
   `predictor panicked: …` and the server stays READY.
+- A long prompt's prefill computes logits for every position (`/lm_head/MatMul` output of
+  tokens × vocabulary floats: 590 MB for 3,000 tokens of SmolLM2), which is what makes it the
+  allocation that fails under a memory cap; only the last row is used.
 - Image decoding, decompression bombs and pixel-count bombs are not covered: no predictor that
   decodes images has landed yet.
 ";

@@ -501,7 +501,7 @@ pub async fn run_load(server: &Server, hook: &Hook, params: &LoadParams) -> Load
                 if n >= p.requests || start.elapsed() > p.time_limit {
                     break;
                 }
-                if n == p.warmup || n % 500 == 0 {
+                if n == p.warmup || n.is_multiple_of(500) {
                     let s = proc_stats(pid);
                     if n == p.warmup {
                         *warm.lock().unwrap() = Some(s);
