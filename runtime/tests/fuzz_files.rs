@@ -44,7 +44,13 @@ fn limits() -> FileLimits {
 
 /// Fetches one file input `url` into a fresh folder inside a sandbox; returns the sandbox, the
 /// folder and the result (the local path, or the error).
-fn fetch(url: &str) -> (tempfile::TempDir, std::path::PathBuf, Result<String, String>) {
+fn fetch(
+    url: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Result<String, String>,
+) {
     let sandbox = tempfile::tempdir().unwrap();
     let dir = sandbox.path().join("pred/inputs");
     let mut input = json!({ "f": url });
