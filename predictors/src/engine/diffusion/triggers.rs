@@ -79,6 +79,15 @@ pub fn active_styles(prompt: &str) -> Vec<Style> {
     styles
 }
 
+/// What the logs and the output say about the LoRAs a prediction ran with.
+pub fn describe(styles: &[Style], lora_scale: f32) -> String {
+    if styles.is_empty() {
+        return "LoRA: none (base model)".into();
+    }
+    let names: Vec<&str> = styles.iter().map(|s| s.name()).collect();
+    format!("LoRA: {} at scale {lora_scale}", names.join(" + "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +129,15 @@ mod tests {
         assert_eq!(
             active_styles("a 3d model of a car"),
             vec![OpenImagePreferences]
+        );
+    }
+
+    #[test]
+    fn description_names_the_active_loras() {
+        assert_eq!(describe(&[], 1.0), "LoRA: none (base model)");
+        assert_eq!(
+            describe(&active_styles("GHIBSKY anime"), 0.8),
+            "LoRA: open-image-preferences + ghibsky at scale 0.8"
         );
     }
 
