@@ -92,7 +92,9 @@ pub struct PredictionService {
     predictor: OnceLock<Arc<dyn ErasedPredictor>>,
     slots: Arc<Semaphore>,
     predictions: Mutex<HashMap<String, Arc<Prediction>>>,
-    client: reqwest::Client,
+    /// Made on first use (webhooks, file inputs, uploads): its TLS roots cost megabytes of
+    /// memory that a server never sending a webhook should not carry.
+    client: OnceLock<reqwest::Client>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     draining: std::sync::atomic::AtomicBool,
@@ -105,10 +107,6 @@ fn now() -> String {
 impl PredictionService {
     pub fn new(def: PredictorDef, config: ServiceConfig) -> Result<Arc<Self>, String> {
         let validator = InputValidator::new(&def.schema.input)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             def,
@@ -122,11 +120,21 @@ impl PredictionService {
             }),
             predictor: OnceLock::new(),
             predictions: Mutex::default(),
-            client,
+            client: OnceLock::new(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             draining: false.into(),
         }))
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                // Building fails only when the TLS backend cannot initialise at all.
+                .unwrap_or_else(|_| reqwest::Client::new())
+        })
     }
 
     pub fn def(&self) -> &PredictorDef {
@@ -312,7 +320,7 @@ impl PredictionService {
                 filter,
                 &self.config.webhook,
                 req.trace,
-                self.client.clone(),
+                self.client().clone(),
                 &self.tasks,
             )
         });
@@ -375,7 +383,7 @@ impl PredictionService {
                     Err(e) => return Outcome::Failed(format!("cannot create temp dir: {e}")),
                 };
                 let fetch = files::fetch_inputs(
-                    &self.client,
+                    self.client(),
                     &mut input,
                     self.validator.file_fields(),
                     &dir,
@@ -422,7 +430,7 @@ impl PredictionService {
         };
         // The scratch dir (in `ctx`) lives until the output files are encoded.
         let encoded = rt.block_on(files::encode_outputs(
-            &self.client,
+            self.client(),
             &mut output,
             &self.def.schema.output,
             &mode,
