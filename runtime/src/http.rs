@@ -233,6 +233,12 @@ async fn start(
         Err(SubmitError::ShuttingDown) => {
             return error_body(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.")
         }
+        Err(SubmitError::DuplicateId) => {
+            return error_body(
+                StatusCode::CONFLICT,
+                "A prediction with this id is already running",
+            )
+        }
         Err(SubmitError::AtCapacity) => {
             return error_body(StatusCode::CONFLICT, "At capacity - all prediction slots busy")
         }

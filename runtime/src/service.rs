@@ -82,6 +82,8 @@ pub enum SubmitError {
     AtCapacity,
     Invalid(Vec<FieldError>),
     ShuttingDown,
+    /// A prediction with this id is running (a repeated `PUT` gets that prediction instead).
+    DuplicateId,
 }
 
 pub struct PredictionService {
@@ -309,6 +311,11 @@ impl PredictionService {
             .clone()
             .try_acquire_owned()
             .map_err(|_| SubmitError::AtCapacity)?;
+        // Checked and registered under one lock, so two requests with one id cannot both start.
+        let mut registry = self.predictions.lock().unwrap_or_else(|e| e.into_inner());
+        if registry.contains_key(&req.id) {
+            return Err(SubmitError::DuplicateId);
+        }
         let webhook = req.webhook.map(|url| {
             let filter: HashSet<WebhookEvent> = req
                 .webhook_events_filter
@@ -325,10 +332,8 @@ impl PredictionService {
             )
         });
         let prediction = Prediction::new(req.id.clone(), self.validator.masked(&input), webhook);
-        self.predictions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(req.id.clone(), prediction.clone());
+        registry.insert(req.id.clone(), prediction.clone());
+        drop(registry);
         tracing::info!(prediction_id = %req.id, "prediction started");
         let service = self.clone();
         let task_prediction = prediction.clone();

@@ -49,7 +49,13 @@ impl WebhookConfig {
             retries: 12,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(10),
-            timeout: Duration::from_secs(30),
+            // `COG_WEBHOOK_TIMEOUT` seconds for one delivery attempt (30).
+            timeout: std::env::var("COG_WEBHOOK_TIMEOUT")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v > 0.0)
+                .map(Duration::from_secs_f64)
+                .unwrap_or(Duration::from_secs(30)),
         }
     }
 }

@@ -482,3 +482,28 @@ async fn setup_timeout_fails_setup() {
         "{h}"
     );
 }
+
+#[tokio::test]
+async fn a_running_id_cannot_be_started_twice() {
+    let app = app(2).await;
+    let req = |text: &str| {
+        Request::post("/predictions")
+            .header("content-type", "application/json")
+            .header("prefer", "respond-async")
+            .body(Body::from(
+                json!({"id": "dup", "input": {"text": text, "delay": 2}}).to_string(),
+            ))
+            .unwrap()
+    };
+    let (status, _) = json_of(&app, req("a")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = json_of(&app, req("b")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["error"],
+        "A prediction with this id is already running"
+    );
+    // The first is still the one registered: it can be cancelled.
+    let (status, _) = json_of(&app, post("/predictions/dup/cancel", json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+}
