@@ -132,7 +132,17 @@ pub fn run(cmd: RuntimeCommand, registry: &Registry) -> ExitCode {
 }
 
 fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), String> {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // `COG_WORKER_THREADS`: HTTP worker threads (default: one per core). Predictions run on
+    // their own blocking threads, so the workers only parse, route and answer.
+    if let Some(n) = std::env::var("COG_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?

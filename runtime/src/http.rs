@@ -307,12 +307,14 @@ fn sse_response(prediction: Arc<Prediction>, owner: bool) -> Response {
     struct St {
         history: std::collections::VecDeque<Arc<StreamEvent>>,
         rx: tokio::sync::broadcast::Receiver<Arc<StreamEvent>>,
+        prediction: Arc<Prediction>,
         done: bool,
         _guard: CancelOnDrop,
     }
     let state = St {
         history: history.into(),
         rx,
+        prediction,
         done: false,
         _guard: guard,
     };
@@ -335,8 +337,16 @@ fn sse_response(prediction: Arc<Prediction>, owner: bool) -> Response {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             },
         };
-        st.done = matches!(*event, StreamEvent::Completed { .. });
-        Some((Ok(to_event(&event)), st))
+        let sse = match *event {
+            StreamEvent::Completed => {
+                st.done = true;
+                Event::default()
+                    .event("completed")
+                    .data(st.prediction.snapshot().to_string())
+            }
+            ref other => to_event(other),
+        };
+        Some((Ok(sse), st))
     });
     Sse::new(stream)
         .keep_alive(

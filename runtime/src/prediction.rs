@@ -40,11 +40,24 @@ impl Status {
 /// An SSE event (`Accept: text/event-stream`).
 #[derive(Debug, Clone)]
 pub enum StreamEvent {
-    Start { id: String, status: &'static str },
-    Output { chunk: Value, index: u64 },
-    Log { data: String },
-    Metric { name: String, value: Value },
-    Completed { payload: Value },
+    Start {
+        id: String,
+        status: &'static str,
+    },
+    Output {
+        chunk: Value,
+        index: u64,
+    },
+    Log {
+        data: String,
+    },
+    Metric {
+        name: String,
+        value: Value,
+    },
+    /// The prediction ended; its payload is the prediction's final snapshot, built by whoever
+    /// sends the event (most predictions have no SSE client, so none is built for them).
+    Completed,
 }
 
 impl StreamEvent {
@@ -66,7 +79,7 @@ impl StreamEvent {
             Self::Metric { name, value } => {
                 json!({"name": name, "value": value, "mode": "replace"})
             }
-            Self::Completed { payload } => payload.clone(),
+            Self::Completed => Value::Null,
         }
     }
 }
@@ -285,15 +298,9 @@ impl Prediction {
         s.error = error;
         s.completed_at = Some(Utc::now());
         s.predict_time = Some(s.started.map_or(0.0, |t| t.elapsed().as_secs_f64()));
-        let payload = self.snapshot_locked(&s);
-        self.publish(
-            &mut s,
-            StreamEvent::Completed {
-                payload: payload.clone(),
-            },
-        );
+        self.publish(&mut s, StreamEvent::Completed);
         if let Some(w) = s.webhook.take() {
-            w.send_terminal(payload);
+            w.send_terminal(self.snapshot_locked(&s));
         }
         drop(s);
         self.done.send_replace(true);
