@@ -2,9 +2,7 @@
 //! the two are returned apart. Without a system prompt the model's own template supplies its
 //! reasoning system prompt.
 
-use crate::engine::llm::{
-    ChatMessage, GenerateRequest, Generator, Prompt, SamplingConfig, TemplateOptions,
-};
+use crate::engine::llm::{GenerateRequest, Generator, SamplingConfig, TemplateOptions};
 use crate::text;
 use cog_runtime::schemars::JsonSchema;
 use cog_runtime::{
@@ -82,30 +80,19 @@ impl Predictor for Phi4Reasoning {
     }
 
     fn validate(&self, input: Input) -> Result<Valid, InputError> {
-        if input.prompt.trim().is_empty() {
-            return Err(InputError::new("prompt", "must not be empty"));
-        }
-        let mut messages = Vec::new();
-        if let Some(system) = input.system_prompt.filter(|s| !s.is_empty()) {
-            messages.push(ChatMessage::new("system", system));
-        }
-        messages.push(ChatMessage::new("user", input.prompt));
-        let req = GenerateRequest {
-            prompt: Prompt::Chat {
-                messages,
-                template: TemplateOptions::default(),
-            },
-            max_new_tokens: input.max_new_tokens as usize,
+        let request = text::ChatRequest {
+            prompt: input.prompt,
+            system_prompt: input.system_prompt,
+            template: TemplateOptions::default(),
+            max_new_tokens: input.max_new_tokens,
             sampling: SamplingConfig {
                 temperature: input.temperature as f32,
                 top_k: Some(input.top_k as usize),
                 top_p: Some(input.top_p as f32),
                 seed: input.seed.map(|s| s as u64),
             },
-            skip_special_tokens: false,
-            ignore_eos: false,
         };
-        text::fit(&self.generator, req, "prompt").map(Valid)
+        text::chat(&self.generator, request).map(Valid)
     }
 
     fn predict(&self, input: Valid, ctx: &PredictContext) -> Result<Output, PredictError> {

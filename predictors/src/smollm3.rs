@@ -1,9 +1,7 @@
 //! `smollm3`: SmolLM3-3B text generation with `think` / `no_think` modes (HQQ-quantized when
 //! compiled with `--quant hqq8`/`hqq4`). Without weights it serves the default small model.
 
-use crate::engine::llm::{
-    ChatMessage, GenerateRequest, Generator, Prompt, SamplingConfig, TemplateOptions,
-};
+use crate::engine::llm::{GenerateRequest, Generator, SamplingConfig, TemplateOptions};
 use crate::text;
 use cog_runtime::schemars::JsonSchema;
 use cog_runtime::{
@@ -88,32 +86,24 @@ impl Predictor for SmolLM3 {
     }
 
     fn validate(&self, input: Input) -> Result<Valid, InputError> {
-        if input.prompt.trim().is_empty() {
-            return Err(InputError::new("prompt", "must not be empty"));
-        }
-        let mut messages = Vec::new();
-        if let Some(system) = input.system_prompt.filter(|s| !s.is_empty()) {
-            messages.push(ChatMessage::new("system", system));
-        }
-        messages.push(ChatMessage::new("user", input.prompt));
-        // SmolLM3's template reads `enable_thinking`; templates without a think mode ignore it.
-        let template = TemplateOptions {
-            enable_thinking: Some(input.mode == Mode::Think),
-            ..Default::default()
-        };
-        let req = GenerateRequest {
-            prompt: Prompt::Chat { messages, template },
-            max_new_tokens: input.max_new_tokens as usize,
+        let request = text::ChatRequest {
+            prompt: input.prompt,
+            system_prompt: input.system_prompt,
+            template: TemplateOptions {
+                // SmolLM3's template reads `enable_thinking`; templates without a think mode
+                // ignore it.
+                enable_thinking: Some(input.mode == Mode::Think),
+                ..Default::default()
+            },
+            max_new_tokens: input.max_new_tokens,
             sampling: SamplingConfig {
                 temperature: input.temperature as f32,
                 top_k: None,
                 top_p: Some(input.top_p as f32),
                 seed: input.seed.map(|s| s as u64),
             },
-            skip_special_tokens: false,
-            ignore_eos: false,
         };
-        text::fit(&self.generator, req, "prompt").map(Valid)
+        text::chat(&self.generator, request).map(Valid)
     }
 
     fn predict(&self, input: Valid, ctx: &PredictContext) -> Result<Output, PredictError> {

@@ -4,7 +4,8 @@
 
 use crate::default_model;
 use crate::engine::llm::{
-    split_reasoning, EngineOptions, GenerateRequest, Generation, Generator, Prompt,
+    split_reasoning, ChatMessage, EngineOptions, GenerateRequest, Generation, Generator, Prompt,
+    SamplingConfig, TemplateOptions,
 };
 use crate::weights_check::Checked;
 use cog_runtime::{InputError, Path, PredictContext, PredictError, SetupContext, SetupError};
@@ -72,6 +73,40 @@ pub fn load(ctx: &SetupContext) -> Result<Generator, SetupError> {
         generator.context_length()
     ));
     Ok(generator)
+}
+
+/// What the chat predictors ask of the model, before it is checked against the context.
+pub struct ChatRequest {
+    pub prompt: String,
+    pub system_prompt: Option<String>,
+    pub template: TemplateOptions,
+    pub max_new_tokens: i64,
+    pub sampling: SamplingConfig,
+}
+
+/// A one-turn chat (an optional system message, then the user's prompt) as a request that fits
+/// the model; errors name the `prompt` field.
+pub fn chat(generator: &Generator, req: ChatRequest) -> Result<GenerateRequest, InputError> {
+    if req.prompt.trim().is_empty() {
+        return Err(InputError::new("prompt", "must not be empty"));
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = req.system_prompt.filter(|s| !s.is_empty()) {
+        messages.push(ChatMessage::new("system", system));
+    }
+    messages.push(ChatMessage::new("user", req.prompt));
+    let request = GenerateRequest {
+        prompt: Prompt::Chat {
+            messages,
+            template: req.template,
+        },
+        max_new_tokens: req.max_new_tokens.max(1) as usize,
+        sampling: req.sampling,
+        // Kept: `<think>` may be a special token, and the split into reasoning needs it.
+        skip_special_tokens: false,
+        ignore_eos: false,
+    };
+    fit(generator, request, "prompt")
 }
 
 /// A request that fits the model: the prompt leaves room for at least one new token, and

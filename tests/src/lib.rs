@@ -365,3 +365,24 @@ impl Receiver {
         }
     }
 }
+
+/// An SSE body's string `output` chunks, concatenated, and its `completed` payload.
+pub fn sse_output_and_completed(text: &str) -> (String, Value) {
+    let mut chunks = String::new();
+    let mut completed = Value::Null;
+    for block in text.split("\n\n") {
+        let event = block.lines().find_map(|l| l.strip_prefix("event: "));
+        let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+        match (event, data) {
+            (Some("output"), Some(d)) => {
+                let v: Value = serde_json::from_str(d).unwrap_or(Value::Null);
+                chunks.push_str(v["chunk"].as_str().unwrap_or_default());
+            }
+            (Some("completed"), Some(d)) => {
+                completed = serde_json::from_str(d).unwrap_or(Value::Null)
+            }
+            _ => {}
+        }
+    }
+    (chunks, completed)
+}

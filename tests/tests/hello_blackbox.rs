@@ -249,21 +249,7 @@ async fn sse_stream_over_real_http() {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["cache-control"], "no-cache");
     let text = resp.text().await.unwrap();
-    let mut chunks = String::new();
-    let mut completed = Value::Null;
-    for block in text.split("\n\n") {
-        let event = block.lines().find_map(|l| l.strip_prefix("event: "));
-        let data = block.lines().find_map(|l| l.strip_prefix("data: "));
-        match (event, data) {
-            (Some("output"), Some(d)) => chunks.push_str(
-                serde_json::from_str::<Value>(d).unwrap()["chunk"]
-                    .as_str()
-                    .unwrap(),
-            ),
-            (Some("completed"), Some(d)) => completed = serde_json::from_str(d).unwrap(),
-            _ => {}
-        }
-    }
+    let (chunks, completed) = cog_tests::sse_output_and_completed(&text);
     assert_eq!(
         chunks, "AB AB AB",
         "SSE chunks concatenate to the final text"

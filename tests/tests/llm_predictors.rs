@@ -115,21 +115,7 @@ async fn smollm3_greedy_answer_equals_transformers_and_streams() {
         .await
         .unwrap();
     let text = resp.text().await.unwrap();
-    let mut chunks = String::new();
-    let mut completed = Value::Null;
-    for block in text.split("\n\n") {
-        let event = block.lines().find_map(|l| l.strip_prefix("event: "));
-        let data = block.lines().find_map(|l| l.strip_prefix("data: "));
-        match (event, data) {
-            (Some("output"), Some(d)) => chunks.push_str(
-                serde_json::from_str::<Value>(d).unwrap()["chunk"]
-                    .as_str()
-                    .unwrap(),
-            ),
-            (Some("completed"), Some(d)) => completed = serde_json::from_str(d).unwrap(),
-            _ => {}
-        }
-    }
+    let (chunks, completed) = cog_tests::sse_output_and_completed(&text);
     assert!(!chunks.is_empty());
     assert_eq!(
         chunks,
