@@ -30,6 +30,11 @@ pub struct ServiceConfig {
     pub setup_timeout: Option<Duration>,
     pub webhook: WebhookConfig,
     pub file_limits: FileLimits,
+    /// `COG_DEFUNCT_AFTER_PANICS`: this many predictor panics in a row, with no prediction succeeding in
+    /// between (one returning normally, even with an error, resets the count), mark the process DEFUNCT
+    /// (its state is presumably broken; the orchestrator restarts it).
+    /// 0 never does. One panic only fails its own prediction.
+    pub defunct_after_panics: u32,
 }
 
 impl ServiceConfig {
@@ -45,6 +50,10 @@ impl ServiceConfig {
                 .map(Duration::from_secs_f64),
             webhook: WebhookConfig::from_env(),
             file_limits: FileLimits::from_env(),
+            defunct_after_panics: std::env::var("COG_DEFUNCT_AFTER_PANICS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3),
         }
     }
 }
@@ -63,6 +72,16 @@ struct SetupRecord {
     completed_at: Option<String>,
     /// The running setup's log, shown live by the health check.
     logs: Arc<Mutex<String>>,
+}
+
+/// Predictor panics since start, for the health check.
+#[derive(Default)]
+struct PanicRecord {
+    count: u64,
+    /// Panics since the last prediction that succeeded.
+    consecutive: u32,
+    /// (prediction id, panic message, time) of the latest.
+    last: Option<(String, String, String)>,
 }
 
 /// What a new prediction carries besides its input.
@@ -100,6 +119,7 @@ pub struct PredictionService {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     draining: std::sync::atomic::AtomicBool,
+    panics: Mutex<PanicRecord>,
 }
 
 fn now() -> String {
@@ -126,6 +146,7 @@ impl PredictionService {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             draining: false.into(),
+            panics: Mutex::default(),
         }))
     }
 
@@ -209,6 +230,24 @@ impl PredictionService {
         self.setup_record().phase = Phase::Defunct;
     }
 
+    /// Counts a predictor panic; enough of them in a row make the process DEFUNCT.
+    fn record_panic(&self, id: &str, message: &str) {
+        let consecutive = {
+            let mut p = self.panics.lock().unwrap_or_else(|e| e.into_inner());
+            p.count += 1;
+            p.consecutive += 1;
+            p.last = Some((id.to_string(), message.to_string(), now()));
+            p.consecutive
+        };
+        tracing::error!(prediction_id = %id, consecutive, "predictor panicked: {message}");
+        let limit = self.config.defunct_after_panics;
+        if limit > 0 && consecutive >= limit {
+            self.set_defunct(&format!(
+                "{consecutive} predictor panics in a row (COG_DEFUNCT_AFTER_PANICS={limit})"
+            ));
+        }
+    }
+
     /// The `/health-check` body.
     pub fn health(&self) -> Value {
         let rec = self.setup_record();
@@ -248,6 +287,15 @@ impl PredictionService {
         });
         if let Some(e) = user_error {
             body["user_healthcheck_error"] = json!(e);
+        }
+        // Present only after a panic, so a healthy server's body stays the one coglet sends.
+        let panics = self.panics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, message, at)) = &panics.last {
+            body["predictor_panics"] = json!({
+                "count": panics.count,
+                "consecutive": panics.consecutive,
+                "last": {"prediction_id": id, "message": message, "at": at},
+            });
         }
         body
     }
@@ -415,6 +463,12 @@ impl PredictionService {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             predictor.predict(valid, &ctx)
         }));
+        if result.is_ok() {
+            self.panics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .consecutive = 0;
+        }
         let mut output = match result {
             Ok(Ok(output)) => output,
             Ok(Err(PredictError::Canceled)) => return Outcome::Canceled,
@@ -423,7 +477,9 @@ impl PredictionService {
             }
             Ok(Err(PredictError::Failed(msg))) => return Outcome::Failed(msg),
             Err(payload) => {
-                return Outcome::Failed(format!("predictor panicked: {}", panic_text(&*payload)))
+                let message = panic_text(&*payload);
+                self.record_panic(&prediction.id, &message);
+                return Outcome::Failed(format!("predictor panicked: {message}"));
             }
         };
         if prediction.cancel.is_cancelled() {

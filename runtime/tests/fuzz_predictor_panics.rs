@@ -87,7 +87,9 @@ async fn wait_ready(app: &Router) -> Result<(), String> {
 }
 
 async fn run(acts: Vec<Act>) -> Result<(), String> {
-    let service = common::ready_service(2).await;
+    // Panics in a row would make the server DEFUNCT by design (http_rules tests that); here every
+    // panic must leave it serving.
+    let service = common::ready_service_with(2, |c| c.defunct_after_panics = 0).await;
     let app = routes(service.clone());
     for (i, a) in acts.iter().enumerate() {
         let sync = |input: Value| post("/predictions", json!({ "input": input }), false);

@@ -408,6 +408,52 @@ async fn failures_and_panics_fail_only_that_prediction() {
 }
 
 #[tokio::test]
+async fn panics_are_reported_in_health_and_enough_in_a_row_make_it_defunct() {
+    let app = routes(common::ready_service_with(1, |c| c.defunct_after_panics = 2).await);
+    let health = |app: Router| async move {
+        json_of(
+            &app,
+            Request::get("/health-check").body(Body::empty()).unwrap(),
+        )
+        .await
+        .1
+    };
+    assert!(health(app.clone()).await.get("predictor_panics").is_none());
+    let panic = || {
+        Request::put("/predictions/p-1")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"input": {"text": "a", "panic": true}}).to_string(),
+            ))
+            .unwrap()
+    };
+    let (_, body) = json_of(&app, panic()).await;
+    assert_eq!(body["status"], "failed", "{body}");
+    let h = health(app.clone()).await;
+    assert_eq!(h["status"], "READY");
+    assert_eq!(h["predictor_panics"]["count"], 1);
+    assert_eq!(h["predictor_panics"]["consecutive"], 1);
+    assert_eq!(h["predictor_panics"]["last"]["prediction_id"], "p-1");
+    assert!(h["predictor_panics"]["last"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("probe panicked on purpose"));
+    // A prediction that returns normally resets the run of panics.
+    let (_, body) = json_of(&app, post("/predictions", json!({"input": {"text": "ok"}}))).await;
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(health(app.clone()).await["predictor_panics"]["consecutive"], 0);
+    // Two in a row (the configured limit): DEFUNCT, and no new prediction is accepted.
+    json_of(&app, post("/predictions", json!({"input": {"text": "a", "panic": true}}))).await;
+    assert_eq!(health(app.clone()).await["status"], "READY");
+    json_of(&app, post("/predictions", json!({"input": {"text": "a", "panic": true}}))).await;
+    let h = health(app.clone()).await;
+    assert_eq!(h["status"], "DEFUNCT", "{h}");
+    assert_eq!(h["predictor_panics"]["count"], 3);
+    let (status, _) = json_of(&app, post("/predictions", json!({"input": {"text": "ok"}}))).await;
+    assert!(status.is_server_error(), "{status}");
+}
+
+#[tokio::test]
 async fn file_inputs_and_outputs() {
     let app = app(1).await;
     let (status, body) = json_of(

@@ -127,7 +127,17 @@ pub fn service(weights: Option<&str>, slots: usize) -> Arc<PredictionService> {
 }
 
 pub async fn ready_service(slots: usize) -> Arc<PredictionService> {
-    let s = service(None, slots);
+    ready_service_with(slots, |_| {}).await
+}
+
+/// A ready service whose config `tune` adjusts first.
+pub async fn ready_service_with(
+    slots: usize,
+    tune: impl FnOnce(&mut ServiceConfig),
+) -> Arc<PredictionService> {
+    let mut config = ServiceConfig::from_env(slots);
+    tune(&mut config);
+    let s = PredictionService::new(def(), config).expect("service");
     s.run_setup().await;
     assert!(s.is_ready());
     s
