@@ -209,6 +209,9 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// CUDA provider only: capture decode steps as a CUDA graph (needs a shared KV buffer graph).
     pub cuda_graph: bool,
+    /// With `cuda_graph`: sequence capacity (prompt + generated tokens) of the captured graph's KV buffer,
+    /// which is allocated once at load; `None`: the model's context length.
+    pub graph_kv_capacity: Option<usize>,
     /// Write ONNX Runtime's per-node profile (Chrome trace JSON) with this path prefix.
     pub profile: Option<PathBuf>,
 }
@@ -319,10 +322,7 @@ impl OrtRuntime {
         }
         if self.ep == Ep::Cuda {
             b = b
-                .with_execution_providers([ep::CUDA::default()
-                    .with_cuda_graph(opts.cuda_graph)
-                    .build()
-                    .error_on_failure()])
+                .with_execution_providers([cuda_provider(opts).build().error_on_failure()])
                 .map_err(|e| perr(&e))?;
         }
         Ok(b)
@@ -367,4 +367,34 @@ fn dir_writable(dir: &Path) -> bool {
     let ok = std::fs::write(&probe, b"").is_ok();
     let _ = std::fs::remove_file(&probe);
     ok
+}
+
+/// The CUDA provider's options. The arena grows by what is asked, not by doubling (ONNX Runtime's
+/// default): with doubling, a 2 GB model's weights can leave a 4 GB arena. `COG_CUDA_ATTENTION`
+/// (comma-separated: flash, efficient, cudnn_flash, lean, math) restricts the attention kernels
+/// ONNX Runtime may pick, for tuning on a given GPU; unknown names are ignored with a warning.
+fn cuda_provider(opts: &SessionOptions) -> ep::CUDA {
+    use ep::cuda::AttentionBackend as A;
+    let mut p = ep::CUDA::default()
+        .with_cuda_graph(opts.cuda_graph)
+        .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested);
+    if let Ok(list) = std::env::var("COG_CUDA_ATTENTION") {
+        let mut flags = A::none();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            flags = flags
+                | match name {
+                    "flash" => A::FLASH_ATTENTION,
+                    "efficient" => A::EFFICIENT_ATTENTION,
+                    "cudnn_flash" => A::CUDNN_FLASH_ATTENTION,
+                    "lean" => A::LEAN_ATTENTION,
+                    "math" => A::MATH,
+                    other => {
+                        tracing::warn!("COG_CUDA_ATTENTION: unknown kernel {other:?} ignored");
+                        A::none()
+                    }
+                };
+        }
+        p = p.with_attention_backend(flags);
+    }
+    p
 }

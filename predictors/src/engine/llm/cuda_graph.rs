@@ -43,6 +43,11 @@ pub(super) struct GraphShape<'a> {
 }
 
 impl GraphState {
+    /// Sequence positions the captured KV buffer holds.
+    pub(super) fn capacity(&self) -> usize {
+        self.host_mask.len()
+    }
+
     pub(super) fn new(
         session: &Session,
         alloc: &Allocator,

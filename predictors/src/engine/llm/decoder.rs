@@ -3,9 +3,11 @@
 //! IoBinding so it never leaves the device between steps:
 //! - growing cache (graphs that concatenate past and new keys): each step's `present.*` outputs are
 //!   allocated by ORT on the session's device and bound, as they are, as the next step's `past_key_values.*`;
-//! - shared buffer (`shared_kv_buffer`, GroupQueryAttention): one buffer per layer and K/V, allocated on the
-//!   device at `context_length`, bound as both past and present once; the graph grows the cache in place and
-//!   reads the valid length from the attention mask.
+//! - shared buffer (`shared_kv_buffer`, GroupQueryAttention): one buffer per layer and K/V, bound as both
+//!   past and present once; the graph grows the cache in place and reads the valid length from the attention
+//!   mask. It is sized per request to what the request can use (prompt + budget, rounded up to a power of
+//!   two, at most `context_length`), not to the context: a 64k-context model would otherwise hold gigabytes
+//!   of cache for a short answer. With a CUDA graph it is allocated once, at `graph_kv_capacity`.
 //!
 //! Only inputs the graph declares are bound (`position_ids` is supplied when declared; any other unknown
 //! input is an error naming it). Logits come back to the host; only the last position's row is used.
@@ -220,7 +222,10 @@ impl DecoderModel {
                 logits_type,
                 kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
-                context: config.context_length,
+                context: opts
+                    .graph_kv_capacity
+                    .unwrap_or(config.context_length)
+                    .clamp(1, config.context_length),
                 vocab: config.vocab_size,
                 input_ids: &ids_name,
                 attention_mask: &io.attention_mask,
@@ -260,7 +265,12 @@ impl DecoderModel {
         is_cancelled: &dyn Fn() -> bool,
     ) -> Result<DecodeOutcome, DecoderError> {
         let started = Instant::now();
-        let context = self.config.context_length;
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State { session, graph } = &mut *guard;
+        // The sequence this request may fill: the model's context, or the captured graph's KV buffer.
+        let context = graph
+            .as_ref()
+            .map_or(self.config.context_length, |g| g.capacity());
         if prompt.is_empty() {
             return Err(DecoderError::EmptyPrompt);
         }
@@ -281,8 +291,6 @@ impl DecoderModel {
         if budget == 0 {
             return Ok(out);
         }
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let State { session, graph } = &mut *guard;
         let stop: &[u32] = if params.ignore_eos {
             &[]
         } else {
@@ -300,7 +308,11 @@ impl DecoderModel {
             }),
             None => {
                 let mut binding = session.create_binding().map_err(ort_err)?;
-                let mut kv = self.init_cache(session, &mut binding)?;
+                let capacity = (prompt.len() + budget)
+                    .next_power_of_two()
+                    .max(256)
+                    .min(context);
+                let mut kv = self.init_cache(session, &mut binding, capacity)?;
                 Box::new(move |input: &[u32], past: usize| {
                     self.step(session, &mut binding, &mut kv, input, past)
                 })
@@ -341,7 +353,12 @@ impl DecoderModel {
         guard.session.end_profiling().map_err(ort_err)
     }
 
-    fn init_cache(&self, session: &Session, binding: &mut IoBinding) -> Result<Kv, DecoderError> {
+    fn init_cache(
+        &self,
+        session: &Session,
+        binding: &mut IoBinding,
+        capacity: usize,
+    ) -> Result<Kv, DecoderError> {
         let c = &self.config;
         if c.io.shared_kv_buffer {
             let alloc = Allocator::new(session, self.device.clone()).map_err(ort_err)?;
@@ -351,7 +368,7 @@ impl DecoderModel {
                     let mut t = DynTensor::new(
                         &alloc,
                         self.kv_type,
-                        [1, c.num_kv_heads, c.context_length, c.head_dim],
+                        [1, c.num_kv_heads, capacity, c.head_dim],
                     )
                     .map_err(ort_err)?;
                     binding.bind_input(&l.past[j], &t).map_err(ort_err)?;
