@@ -441,11 +441,28 @@ async fn panics_are_reported_in_health_and_enough_in_a_row_make_it_defunct() {
     // A prediction that returns normally resets the run of panics.
     let (_, body) = json_of(&app, post("/predictions", json!({"input": {"text": "ok"}}))).await;
     assert_eq!(body["status"], "succeeded");
-    assert_eq!(health(app.clone()).await["predictor_panics"]["consecutive"], 0);
+    assert_eq!(
+        health(app.clone()).await["predictor_panics"]["consecutive"],
+        0
+    );
     // Two in a row (the configured limit): DEFUNCT, and no new prediction is accepted.
-    json_of(&app, post("/predictions", json!({"input": {"text": "a", "panic": true}}))).await;
+    json_of(
+        &app,
+        post(
+            "/predictions",
+            json!({"input": {"text": "a", "panic": true}}),
+        ),
+    )
+    .await;
     assert_eq!(health(app.clone()).await["status"], "READY");
-    json_of(&app, post("/predictions", json!({"input": {"text": "a", "panic": true}}))).await;
+    json_of(
+        &app,
+        post(
+            "/predictions",
+            json!({"input": {"text": "a", "panic": true}}),
+        ),
+    )
+    .await;
     let h = health(app.clone()).await;
     assert_eq!(h["status"], "DEFUNCT", "{h}");
     assert_eq!(h["predictor_panics"]["count"], 3);
