@@ -39,6 +39,7 @@ fn bench() {
             dtype: Some(Dtype::Fp16),
             quant: Some(quant),
             force: true,
+            prune: None,
             command: vec!["engine bench".into()],
         })
         .unwrap_or_else(|e| panic!("compiling: {e}"));

@@ -27,6 +27,22 @@ impl DataType {
             DataType::Float16 | DataType::Bfloat16 => 2,
         }
     }
+
+    /// The variant for a `TensorProto.data_type` value.
+    pub fn from_i32(v: i32) -> Option<DataType> {
+        [
+            DataType::Float,
+            DataType::Uint8,
+            DataType::Int8,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::Bool,
+            DataType::Float16,
+            DataType::Bfloat16,
+        ]
+        .into_iter()
+        .find(|d| *d as i32 == v)
+    }
 }
 
 /// `AttributeProto.AttributeType`.

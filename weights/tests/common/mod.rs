@@ -63,6 +63,7 @@ pub fn compile(input: &Path, dtype: Dtype, quant: QuantArg) -> (tempfile::TempDi
         dtype: Some(dtype),
         quant: Some(quant),
         force: false,
+        prune: None,
         command: vec!["test".into()],
     })
     .unwrap_or_else(|e| panic!("building {}: {e}", input.display()));
@@ -154,14 +155,25 @@ impl Decoder {
 
     /// Feeds `ids` after the cached tokens; returns one logits row per fed token.
     pub fn step(&mut self, ids: &[i64]) -> Vec<Vec<f32>> {
-        let total = self.len + ids.len();
+        let input = Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))
+            .unwrap()
+            .into_dyn();
+        self.run("input_ids", input, ids.len())
+    }
+
+    /// Feeds `seq` rows of `inputs_embeds` ([1, seq, hidden], fp32) after the cached tokens.
+    pub fn step_embeds(&mut self, embeds: &[f32], seq: usize) -> Vec<Vec<f32>> {
+        let hidden = embeds.len() / seq;
+        let input = Tensor::from_array((vec![1i64, seq as i64, hidden as i64], embeds.to_vec()))
+            .unwrap()
+            .into_dyn();
+        self.run("inputs_embeds", input, seq)
+    }
+
+    fn run(&mut self, first: &str, first_value: DynValue, seq: usize) -> Vec<Vec<f32>> {
+        let total = self.len + seq;
         let mut inputs: Vec<(String, DynValue)> = vec![
-            (
-                "input_ids".into(),
-                Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))
-                    .unwrap()
-                    .into_dyn(),
-            ),
+            (first.into(), first_value),
             (
                 "attention_mask".into(),
                 Tensor::from_array((vec![1i64, total as i64], vec![1i64; total]))
@@ -187,7 +199,7 @@ impl Decoder {
         }
         let out = self.session.run(inputs).expect("run");
         let (lshape, logits) = out["logits"].try_extract_tensor::<f32>().unwrap();
-        assert_eq!(&**lshape, &[1, ids.len() as i64, self.vocab as i64]);
+        assert_eq!(&**lshape, &[1, seq as i64, self.vocab as i64]);
         let rows = logits.chunks(self.vocab).map(|c| c.to_vec()).collect();
         let mut cache = Vec::new();
         for i in 0..self.layers {
@@ -208,5 +220,35 @@ impl Decoder {
         self.cache = cache;
         self.len = total;
         rows
+    }
+}
+
+/// Runs a compiled `embed.onnx` (fp32): token ids and image feature rows in, `inputs_embeds` out.
+pub struct Embedder {
+    pub session: Session,
+    pub hidden: usize,
+}
+
+impl Embedder {
+    pub fn open(dir: &Path) -> Embedder {
+        let engine: cog_weights::format::DecoderConfig =
+            serde_json::from_slice(&std::fs::read(dir.join("engine.json")).unwrap()).unwrap();
+        let embed = engine.embed.expect("engine.json names an embedding graph");
+        Embedder {
+            session: session(&dir.join(&embed.graph)),
+            hidden: engine.hidden_size,
+        }
+    }
+
+    /// `inputs_embeds` for one sequence, flattened [seq * hidden]; `features` holds whole rows.
+    pub fn embed(&mut self, ids: &[i64], features: &[f32]) -> Result<Vec<f32>, ort::Error> {
+        let rows = features.len() / self.hidden;
+        let out = self.session.run(ort::inputs![
+            "input_ids" => Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))?,
+            "image_features" => Tensor::from_array((vec![rows as i64, self.hidden as i64], features.to_vec()))?,
+        ])?;
+        let (shape, data) = out["inputs_embeds"].try_extract_tensor::<f32>()?;
+        assert_eq!(&**shape, &[1, ids.len() as i64, self.hidden as i64]);
+        Ok(data.to_vec())
     }
 }
