@@ -5,6 +5,7 @@
 
 use cog_weights::arch::Dtype;
 use cog_weights::build::{build, BuildRequest};
+use cog_weights::prune::source::PruneRequest;
 use cog_weights::quant::QuantArg;
 use ort::environment::Environment;
 use ort::session::Session;
@@ -55,6 +56,16 @@ pub fn session(model: &Path) -> Session {
 
 /// Compiles `input` into a fresh temp folder; returns (guard, output dir).
 pub fn compile(input: &Path, dtype: Dtype, quant: QuantArg) -> (tempfile::TempDir, PathBuf) {
+    compile_with(input, dtype, quant, None)
+}
+
+/// [`compile`] with pruning.
+pub fn compile_with(
+    input: &Path,
+    dtype: Dtype,
+    quant: QuantArg,
+    prune: Option<PruneRequest>,
+) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     build(&BuildRequest {
@@ -63,7 +74,7 @@ pub fn compile(input: &Path, dtype: Dtype, quant: QuantArg) -> (tempfile::TempDi
         dtype: Some(dtype),
         quant: Some(quant),
         force: false,
-        prune: None,
+        prune,
         command: vec!["test".into()],
     })
     .unwrap_or_else(|e| panic!("building {}: {e}", input.display()));
@@ -251,4 +262,59 @@ impl Embedder {
         assert_eq!(&**shape, &[1, ids.len() as i64, self.hidden as i64]);
         Ok(data.to_vec())
     }
+}
+
+/// A JSON file.
+pub fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// A JSON array of numbers as f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// A JSON array of integers.
+pub fn ints(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+/// A `[rows, cols]` fp32 initializer of a compiled graph, read from its external data file.
+pub fn initializer(dir: &Path, graph: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    use cog_weights::onnx::proto::ModelProto;
+    use prost::Message;
+    let model = ModelProto::decode(&*std::fs::read(dir.join(graph)).unwrap()).unwrap();
+    let t = model
+        .graph
+        .unwrap()
+        .initializer
+        .into_iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("{graph} has no initializer {name}"));
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .unwrap()
+            .value
+            .clone()
+    };
+    let data = std::fs::read(dir.join(get("location"))).unwrap();
+    let (off, len): (usize, usize) = (
+        get("offset").parse().unwrap(),
+        get("length").parse().unwrap(),
+    );
+    let vals = data[off..off + len]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (t.dims.iter().map(|&d| d as usize).collect(), vals)
 }
