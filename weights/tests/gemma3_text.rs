@@ -326,3 +326,80 @@ fn bf16_is_the_default() {
         assert_eq!(&got[t * 48..(t + 1) * 48], &want[..], "position {t}");
     }
 }
+
+/// Two sequences in one batch: the image prompt, and the token prompt right-padded. The image rows
+/// land in row 0 (masked_scatter's row-major order) and each row's logits match its own golden.
+#[test]
+fn batched_prefill_with_image_rows() {
+    use ort::value::Tensor as OrtTensor;
+    let g = golden(NAME);
+    let v = json(&fixture(NAME).join("golden.json"));
+    let e = &v["embeds"];
+    let ids0 = ints(&e["input_ids"]);
+    let feats = floats(&e["image_features"]);
+    let want0 = floats(&e["logits"]);
+    let (s, p, h) = (ids0.len(), g.prompt.len(), 48usize);
+    let mut ids = ids0.clone();
+    ids.extend(
+        g.prompt
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, s - p)),
+    );
+    let mut mask = vec![1i64; s];
+    mask.extend(std::iter::repeat_n(1, p).chain(std::iter::repeat_n(0, s - p)));
+
+    let (_tmp, dir) = compile(&fixture(NAME), Dtype::Fp32, QuantArg::None);
+    let mut emb = session(&dir.join("embed.onnx"));
+    let out = emb
+        .run(ort::inputs![
+            "input_ids" => OrtTensor::from_array((vec![2i64, s as i64], ids)).unwrap(),
+            "image_features" => OrtTensor::from_array((vec![(feats.len() / h) as i64, h as i64], feats)).unwrap(),
+        ])
+        .unwrap();
+    let (_, x) = out["inputs_embeds"].try_extract_tensor::<f32>().unwrap();
+    let x = x.to_vec();
+    drop(out);
+    let dec = Decoder::open(&dir);
+    let mut session = dec.session;
+    let mut inputs: Vec<(String, ort::value::DynValue)> = vec![
+        (
+            "inputs_embeds".into(),
+            OrtTensor::from_array((vec![2i64, s as i64, h as i64], x))
+                .unwrap()
+                .into_dyn(),
+        ),
+        (
+            "attention_mask".into(),
+            OrtTensor::from_array((vec![2i64, s as i64], mask))
+                .unwrap()
+                .into_dyn(),
+        ),
+    ];
+    for i in 0..dec.layers {
+        for n in ["key", "value"] {
+            let shape = vec![2i64, dec.kv_heads as i64, 0, dec.head_dim as i64];
+            inputs.push((
+                format!("past_key_values.{i}.{n}"),
+                OrtTensor::from_array((shape, Vec::<f32>::new()))
+                    .unwrap()
+                    .into_dyn(),
+            ));
+        }
+    }
+    let out = session.run(inputs).unwrap();
+    let (_, logits) = out["logits"].try_extract_tensor::<f32>().unwrap();
+    let vocab = g.vocab;
+    for t in 0..s {
+        let d = max_abs_diff(
+            &logits[t * vocab..(t + 1) * vocab],
+            &want0[t * vocab..(t + 1) * vocab],
+        );
+        assert!(d <= TOL, "row 0 (image rows) position {t}: {d}");
+    }
+    for t in 0..p {
+        let row = &logits[(s + t) * vocab..(s + t + 1) * vocab];
+        let d = max_abs_diff(row, &g.logits[t]);
+        assert!(d <= TOL, "row 1 (padded) position {t}: {d}");
+    }
+}
