@@ -145,3 +145,16 @@ pub fn build(
         embed_scale: scale,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers' own example (Gemma3TextModel's comment): √3072 = 55.4256 becomes 55.5 in bf16.
+    #[test]
+    fn scale_is_rounded_to_the_weight_dtype() {
+        assert_eq!(embed_scale(3072, Dtype::Bf16), 55.5);
+        assert_eq!(embed_scale(3072, Dtype::Fp32), 3072f32.sqrt());
+        assert_eq!(embed_scale(2560, Dtype::Bf16), 50.5);
+    }
+}
