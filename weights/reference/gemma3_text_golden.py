@@ -21,6 +21,10 @@ saved folder. golden.json:
   positions, `image_features` (random rows, [n, hidden] flattened), the merged `inputs_embeds`
   (embed_tokens of the ids with image tokens replaced by 0, then `masked_scatter` of the features),
   `generated` (greedy from those embeds) and `logits` over merged prompt + embedded generated[:-1];
+- `embeds_bidirectional`: the same merged prompt with `token_type_ids` (1 at image tokens), as
+  Gemma3ForConditionalGeneration runs it: tokens of one image attend to each other in both
+  directions (transformers' `create_masks_for_vision_model`), the rest causal; greedy tokens and
+  logits over prompt + generated[:-1];
 - `rtn8_logits`: the first case's logits with every decoder linear replaced by its round-to-nearest
   8-bit dequantisation as `--quant rtn8` stores it (the int8 build's reference).
 
@@ -33,6 +37,8 @@ import sys
 import torch
 import transformers
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+from transformers.models.gemma3.modeling_gemma3 import (create_masks_for_vision_model,
+                                                        get_block_sequence_ids_for_mask)
 
 PROMPT = [2, 17, 93, 44, 250, 8, 131, 77, 5]
 NEW_TOKENS = 8
@@ -129,6 +135,28 @@ def main(out):
         tail = model.get_input_embeddings()(egen[:, :-1])
         both = torch.cat([merged, tail], dim=1)
         elogits = model(inputs_embeds=both, attention_mask=torch.ones(both.shape[:2])).logits[0]
+        # The same merged prompt as Gemma3ForConditionalGeneration runs it when the processor's
+        # token_type_ids mark the image tokens: each image's tokens attend to each other in both
+        # directions (transformers' own create_masks_for_vision_model), everything else causal.
+        # Greedy continuation by full forward passes (the new tokens are text, type 0).
+        def vision_logits(embeds, types):
+            blocks = get_block_sequence_ids_for_mask(types)
+            masks = create_masks_for_vision_model(
+                config=model.config, inputs_embeds=embeds, attention_mask=torch.ones(types.shape),
+                cache=None, position_ids=torch.arange(types.shape[1]).unsqueeze(0),
+                block_sequence_ids=blocks)
+            return model(inputs_embeds=embeds, attention_mask=masks).logits[0]
+        seq, types, bgen = merged, mask.long(), []
+        for _ in range(EMBED_NEW):
+            nxt = int(vision_logits(seq, types)[-1].argmax())
+            bgen.append(nxt)
+            seq = torch.cat([seq, model.get_input_embeddings()(torch.tensor([[nxt]]))], dim=1)
+            types = torch.cat([types, torch.zeros(1, 1, dtype=torch.long)], dim=1)
+        blog = vision_logits(seq[:, :-1], types[:, :-1])
+        golden["embeds_bidirectional"] = {
+            "token_type_ids": mask.long()[0].tolist(), "generated": bgen,
+            "logits_shape": list(blog.shape), "logits": flat(blog),
+        }
         golden["embeds"] = {
             "image_token_index": IMAGE_TOKEN, "input_ids": EMBED_IDS,
             "image_features_shape": list(feats.shape), "image_features": flat(feats),
@@ -146,7 +174,9 @@ def main(out):
         json.dump(golden, f)
     print("generated", golden["generated"], "from embeds", golden["embeds"]["generated"])
     print("logit range", float(logits.min()), float(logits.max()))
-    for key, d in (("prompt", golden), ("embeds", golden["embeds"])):
+    print("bidirectional image attention: generated", golden["embeds_bidirectional"]["generated"])
+    for key, d in (("prompt", golden), ("embeds", golden["embeds"]),
+                   ("embeds_bidirectional", golden["embeds_bidirectional"])):
         top = torch.tensor(d["logits"]).reshape(d["logits_shape"]).topk(2, dim=-1).values
         print(key, "smallest top-1/top-2 margin", float((top[:, 0] - top[:, 1]).min()))
 

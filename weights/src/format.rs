@@ -126,6 +126,11 @@ pub struct DecoderIo {
     pub present_value: String,
     /// `logits` ([batch, seq, vocab]).
     pub logits: String,
+    /// Gemma 3 with images: `token_type_ids` (int64 [batch, seq], 1 at image tokens, else 0, as
+    /// the processor makes them). Tokens of one image attend to each other in both directions;
+    /// an image's tokens must all be in the same call. Text-only calls pass zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type_ids: Option<String>,
     /// True when past and present may be bound to one buffer allocated at `context_length`
     /// (GroupQueryAttention grows the cache in place).
     pub shared_kv_buffer: bool,

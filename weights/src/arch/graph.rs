@@ -73,6 +73,7 @@ pub fn decoder_io(input_ids: Option<&str>, inputs_embeds: Option<&str>) -> Decod
         present_key: PRESENT_KEY.into(),
         present_value: PRESENT_VALUE.into(),
         logits: "logits".into(),
+        token_type_ids: None,
         shared_kv_buffer: true,
     }
 }

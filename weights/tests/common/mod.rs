@@ -144,6 +144,8 @@ pub struct Decoder {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub vocab: usize,
+    /// The `token_type_ids` input's name, when the graph has one (Gemma 3 with images).
+    pub token_type_ids: Option<String>,
     /// Per layer (key, value), each [1, kv_heads, len, head_dim].
     cache: Vec<(Vec<f32>, Vec<f32>)>,
     pub len: usize,
@@ -159,6 +161,7 @@ impl Decoder {
             kv_heads: engine.num_kv_heads,
             head_dim: engine.head_dim,
             vocab: engine.vocab_size,
+            token_type_ids: engine.io.token_type_ids.clone(),
             cache: vec![(Vec::new(), Vec::new()); engine.num_layers],
             len: 0,
         }
@@ -169,19 +172,27 @@ impl Decoder {
         let input = Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))
             .unwrap()
             .into_dyn();
-        self.run("input_ids", input, ids.len())
+        self.run("input_ids", input, &vec![0; ids.len()])
     }
 
-    /// Feeds `seq` rows of `inputs_embeds` ([1, seq, hidden], fp32) after the cached tokens.
+    /// Feeds `seq` rows of `inputs_embeds` ([1, seq, hidden], fp32) after the cached tokens; text
+    /// tokens (token_type_ids 0, where the graph takes them).
     pub fn step_embeds(&mut self, embeds: &[f32], seq: usize) -> Vec<Vec<f32>> {
+        self.step_embeds_typed(embeds, &vec![0; seq])
+    }
+
+    /// [`Decoder::step_embeds`] with `token_type_ids` (1 at image tokens).
+    pub fn step_embeds_typed(&mut self, embeds: &[f32], types: &[i64]) -> Vec<Vec<f32>> {
+        let seq = types.len();
         let hidden = embeds.len() / seq;
         let input = Tensor::from_array((vec![1i64, seq as i64, hidden as i64], embeds.to_vec()))
             .unwrap()
             .into_dyn();
-        self.run("inputs_embeds", input, seq)
+        self.run("inputs_embeds", input, types)
     }
 
-    fn run(&mut self, first: &str, first_value: DynValue, seq: usize) -> Vec<Vec<f32>> {
+    fn run(&mut self, first: &str, first_value: DynValue, types: &[i64]) -> Vec<Vec<f32>> {
+        let seq = types.len();
         let total = self.len + seq;
         let mut inputs: Vec<(String, DynValue)> = vec![
             (first.into(), first_value),
@@ -192,6 +203,10 @@ impl Decoder {
                     .into_dyn(),
             ),
         ];
+        if let Some(name) = &self.token_type_ids {
+            let t = Tensor::from_array((vec![1i64, seq as i64], types.to_vec())).unwrap();
+            inputs.push((name.clone(), t.into_dyn()));
+        }
         let shape = vec![
             1i64,
             self.kv_heads as i64,

@@ -10,12 +10,14 @@
 //!            ─ SkipSimplifiedLayerNorm(+residual, next layer's input norm)
 //! final:     SkipSimplifiedLayerNorm(norm) ─ MatMul(embed^T, tied) ─ [tanh softcap] ─ logits
 //! ```
+//! Checkpoints that take images also have a `token_type_ids` input: image-token queries are then
+//! recomputed with bidirectional attention within their image ([`super::image_attn`]).
 //! Every norm weight is stored as `1 + w` (see [`super::weights::gemma_norm`]). FastGelu is the
 //! tanh approximation transformers calls `gelu_pytorch_tanh`. The KV-cache contract (names, shapes,
 //! positions from the attention mask) is the Llama builder's, from [`crate::arch::graph`].
 
 use super::weights::{layer_weights, Compaction, LayerWeights, Names};
-use super::{Gemma3Spec, LayerType};
+use super::{image_attn, Gemma3Spec, LayerType};
 use crate::arch::graph::{self, Ctx, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE};
 use crate::arch::{rope, Dtype, Rope};
 use crate::checkpoint::{Tensor, TensorSource};
@@ -65,6 +67,10 @@ pub fn build(
     );
     graph::declare_kv_io(cx.g, dt, spec.layers, spec.kv_heads, d, spec.vocab);
     let (seqlens_k, total_len) = graph::sequence_lengths(cx.g);
+    // Checkpoints that take images get bidirectional attention within each image's tokens.
+    let masks = spec
+        .image_token_id
+        .map(|_| image_attn::masks(cx.g, spec, &seqlens_k));
 
     // One rotary table pair per layer type that occurs.
     let tables = |cx: &mut Ctx, tag: &str, r: &Rope| -> Result<(String, String), Error> {
@@ -122,9 +128,13 @@ pub fn build(
             LayerType::Full => global.as_ref(),
         }
         .expect("a table exists for every layer type present");
-        let attn = attention(
-            &mut cx, spec, opts, &p, i, &hidden, &lw, rot, &seqlens_k, &total_len,
-        )?;
+        let ctx = AttnCtx {
+            seqlens_k: &seqlens_k,
+            total_len: &total_len,
+            rot,
+            masks: masks.as_ref(),
+        };
+        let attn = attention(&mut cx, spec, opts, &p, i, &hidden, &lw, &ctx)?;
         let o = cx.linear(
             &format!("{p}.self_attn.o_proj"),
             &attn,
@@ -230,7 +240,10 @@ pub fn build(
         vocab_size: spec.vocab,
         context_length: spec.context_length,
         kv_dtype: opts.dtype.element_name().into(),
-        io: graph::decoder_io(None, Some("inputs_embeds")),
+        io: DecoderIo {
+            token_type_ids: masks.as_ref().map(|_| image_attn::INPUT.to_string()),
+            ..graph::decoder_io(None, Some("inputs_embeds"))
+        },
         tokens: SpecialTokens {
             bos_token_id: spec.bos_token_id,
             eos_token_ids: spec.eos_token_ids.clone(),
@@ -246,7 +259,17 @@ pub fn build(
     })
 }
 
-/// q/k/v projection, per-head q/k RMSNorm, GroupQueryAttention; returns the attention output.
+/// What every layer's attention shares.
+struct AttnCtx<'a> {
+    seqlens_k: &'a str,
+    total_len: &'a str,
+    /// The layer type's (cos, sin) tables.
+    rot: &'a (String, String),
+    masks: Option<&'a image_attn::Masks>,
+}
+
+/// q/k/v projection, per-head q/k RMSNorm, GroupQueryAttention (image-token queries recomputed
+/// bidirectionally when the model takes images); returns the attention output.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     cx: &mut Ctx,
@@ -256,10 +279,10 @@ fn attention(
     i: usize,
     x: &str,
     lw: &LayerWeights,
-    (cos, sin): &(String, String),
-    seqlens_k: &str,
-    total_len: &str,
+    a: &AttnCtx,
 ) -> Result<String, Error> {
+    let (cos, sin) = a.rot;
+    let (seqlens_k, total_len) = (a.seqlens_k, a.total_len);
     let d = spec.head_dim;
     let (q_out, kv_out) = (spec.heads * d, spec.kv_heads * d);
     let qkv = cx.linear(
@@ -329,6 +352,10 @@ fn attention(
         attrs.push(("local_window_size", Attr::Int(spec.sliding_window as i64)));
     }
     let out = format!("/{p}/attn/GroupQueryAttention/output_0");
+    let (present_k, present_v) = (
+        DecoderIo::layer(PRESENT_KEY, i),
+        DecoderIo::layer(PRESENT_VALUE, i),
+    );
     cx.g.node_with(
         &format!("/{p}/attn/GroupQueryAttention"),
         "GroupQueryAttention",
@@ -336,14 +363,23 @@ fn attention(
         &[
             &q, &k, &parts[2], &past_k, &past_v, seqlens_k, total_len, cos, sin,
         ],
-        &[
-            out.clone(),
-            DecoderIo::layer(PRESENT_KEY, i),
-            DecoderIo::layer(PRESENT_VALUE, i),
-        ],
+        &[out.clone(), present_k.clone(), present_v.clone()],
         &attrs,
     );
-    Ok(out)
+    Ok(match a.masks {
+        None => out,
+        Some(m) => image_attn::merge(
+            cx,
+            spec,
+            p,
+            spec.layer_types[i],
+            m,
+            &q,
+            a.rot,
+            (&present_k, &present_v),
+            &out,
+        ),
+    })
 }
 
 /// `down(gelu_tanh(gate·x) ⊙ up·x)` with gate and up as one matmul.
