@@ -43,6 +43,8 @@ pub enum Attr {
     Float(f32),
     Str(String),
     Ints(Vec<i64>),
+    /// A subgraph, made by [`GraphBuilder::subgraph`].
+    Graph(proto::GraphProto),
 }
 
 /// Where an initializer's bytes are in an external data file, so that another graph of the same
@@ -262,6 +264,36 @@ impl GraphBuilder {
         self.node(name, op, "", inputs, 1, attrs).remove(0)
     }
 
+    /// A subgraph (an `If` branch): the nodes `build` adds go into it rather than the main graph;
+    /// `build` returns its outputs (name, element type). Constants and weights it adds stay in the
+    /// main graph, which subgraphs may read, as they may read any outer value.
+    pub fn subgraph(
+        &mut self,
+        name: &str,
+        build: impl FnOnce(&mut Self) -> Vec<(String, DataType)>,
+    ) -> proto::GraphProto {
+        let outer = std::mem::take(&mut self.nodes);
+        let outputs = build(self);
+        let nodes = std::mem::replace(&mut self.nodes, outer);
+        proto::GraphProto {
+            node: nodes,
+            name: name.to_string(),
+            output: outputs
+                .iter()
+                .map(|(n, t)| proto::ValueInfoProto {
+                    name: n.clone(),
+                    r#type: Some(proto::TypeProto {
+                        tensor_type: Some(proto::TypeProtoTensor {
+                            elem_type: *t as i32,
+                            shape: None,
+                        }),
+                    }),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     /// Writes the model file and flushes the data file; returns the data file's manifest entry.
     pub fn finish(mut self, model_path: &Path, opsets: &[(&str, i64)]) -> Result<FileEntry, Error> {
         self.data
@@ -343,6 +375,10 @@ fn attribute(name: &str, a: &Attr) -> proto::AttributeProto {
         Attr::Ints(v) => {
             p.ints = v.clone();
             p.r#type = attribute_type::INTS;
+        }
+        Attr::Graph(v) => {
+            p.g = Some(v.clone());
+            p.r#type = attribute_type::GRAPH;
         }
     }
     p

@@ -68,9 +68,9 @@ pub fn build(
     graph::declare_kv_io(cx.g, dt, spec.layers, spec.kv_heads, d, spec.vocab);
     let (seqlens_k, total_len) = graph::sequence_lengths(cx.g);
     // Checkpoints that take images get bidirectional attention within each image's tokens.
-    let masks = spec
+    let gate = spec
         .image_token_id
-        .map(|_| image_attn::masks(cx.g, spec, &seqlens_k));
+        .map(|_| image_attn::gate(cx.g, &seqlens_k));
 
     // One rotary table pair per layer type that occurs.
     let tables = |cx: &mut Ctx, tag: &str, r: &Rope| -> Result<(String, String), Error> {
@@ -132,7 +132,7 @@ pub fn build(
             seqlens_k: &seqlens_k,
             total_len: &total_len,
             rot,
-            masks: masks.as_ref(),
+            gate: gate.as_ref(),
         };
         let attn = attention(&mut cx, spec, opts, &p, i, &hidden, &lw, &ctx)?;
         let o = cx.linear(
@@ -241,7 +241,7 @@ pub fn build(
         context_length: spec.context_length,
         kv_dtype: opts.dtype.element_name().into(),
         io: DecoderIo {
-            token_type_ids: masks.as_ref().map(|_| image_attn::INPUT.to_string()),
+            token_type_ids: gate.as_ref().map(|_| image_attn::INPUT.to_string()),
             ..graph::decoder_io(None, Some("inputs_embeds"))
         },
         tokens: SpecialTokens {
@@ -265,7 +265,7 @@ struct AttnCtx<'a> {
     total_len: &'a str,
     /// The layer type's (cos, sin) tables.
     rot: &'a (String, String),
-    masks: Option<&'a image_attn::Masks>,
+    gate: Option<&'a image_attn::Gate>,
 }
 
 /// q/k/v projection, per-head q/k RMSNorm, GroupQueryAttention (image-token queries recomputed
@@ -366,7 +366,7 @@ fn attention(
         &[out.clone(), present_k.clone(), present_v.clone()],
         &attrs,
     );
-    Ok(match a.masks {
+    Ok(match a.gate {
         None => out,
         Some(m) => image_attn::merge(
             cx,

@@ -7,6 +7,8 @@
 //! GroupQueryAttention is causal only, so it still runs for every token (and keeps writing the KV
 //! cache, shared buffer included); image-token queries then take their output from an explicit
 //! attention over the cache it wrote (`present`, sliced to the mask's width) with the mask above.
+//! All of it sits in the `then` branch of an `If` on "this call has an image token", so text-only
+//! prefill and every decode step pay one tiny reduction per call and nothing per layer.
 //! Blocks are found within the current chunk (an image's tokens must arrive in one call); keys
 //! from earlier calls are causal for every query anyway. Query positions follow GQA's rule:
 //! `max(seqlens_k + 1 − seq, 0) + i`.
@@ -15,30 +17,64 @@ use super::{Gemma3Spec, LayerType};
 use crate::arch::graph::Ctx;
 use crate::onnx::{Attr, DataType, GraphBuilder, MS_DOMAIN};
 
-/// The per-call tensors every layer's image attention shares.
-pub struct Masks {
+/// What the layers' image attention shares: the `If` condition and GQA's sequence lengths.
+pub struct Gate {
+    /// bool scalar: some token of this call is an image token.
+    pub cond: String,
+    pub seqlens_k: String,
+}
+
+/// The tensors of one layer's explicit attention.
+struct Masks {
     /// int64 [batch, seq]: positions of the chunk's tokens (RotaryEmbedding's position_ids).
-    pub positions: String,
+    positions: String,
     /// bool [batch, seq, 1]: queries that are image tokens.
-    pub is_image: String,
-    /// f32 additive masks [batch, 1, groups·seq, total] (tiled over the query heads of a KV head).
-    pub full: String,
-    pub sliding: String,
+    is_image: String,
+    /// f32 additive mask [batch, 1, groups·seq, total] (tiled over the query heads of a KV head).
+    mask: String,
     /// int64 [1]: the mask's width (total sequence length).
-    pub total: String,
+    total: String,
 }
 
 const TOKEN_TYPE_IDS: &str = "token_type_ids";
 pub const INPUT: &str = TOKEN_TYPE_IDS;
 
-/// Declares `token_type_ids` and builds [`Masks`] from it, the attention mask and `seqlens_k`.
-pub fn masks(g: &mut GraphBuilder, spec: &Gemma3Spec, seqlens_k: &str) -> Masks {
+/// Declares `token_type_ids` and computes the gate.
+pub fn gate(g: &mut GraphBuilder, seqlens_k: &str) -> Gate {
     g.input(
         TOKEN_TYPE_IDS,
         DataType::Int64,
         &["batch_size".into(), "sequence_length".into()],
     );
-    let n = |x: &str| format!("/model/image_attn/{x}");
+    let zero = g.const_i64("/model/image_attn/gate_zero", &[], &[0]);
+    let max = g.op(
+        "/model/image_attn/ReduceMax",
+        "ReduceMax",
+        &[TOKEN_TYPE_IDS],
+        &[("keepdims", Attr::Int(0))],
+    );
+    let cond = g.op(
+        "/model/image_attn/has_image",
+        "Greater",
+        &[&max, &zero],
+        &[],
+    );
+    Gate {
+        cond,
+        seqlens_k: seqlens_k.to_string(),
+    }
+}
+
+/// The layer's mask and positions from `token_type_ids`, the attention mask and `seqlens_k`
+/// (inside the layer's `then` branch; names under `prefix`).
+fn masks(
+    g: &mut GraphBuilder,
+    spec: &Gemma3Spec,
+    seqlens_k: &str,
+    layer_type: LayerType,
+    prefix: &str,
+) -> Masks {
+    let n = |x: &str| format!("{prefix}/{x}");
     let c = |g: &mut GraphBuilder, name: &str, v: i64| g.const_i64(&n(name), &[], &[v]);
     let (zero, one, minus_one) = (c(g, "zero", 0), c(g, "one", 1), c(g, "minus_one", -1));
     let idx1 = g.const_i64(&n("idx1"), &[1], &[1]);
@@ -136,57 +172,85 @@ pub fn masks(g: &mut GraphBuilder, spec: &Gemma3Spec, seqlens_k: &str) -> Masks 
     let allowed = g.op(&n("causal_or_block"), "Or", &[&causal, &same], &[]);
     let valid = g.op(&n("key_valid"), "Equal", &["attention_mask", &one], &[]);
     let valid = g.op(&n("key_valid_row"), "Unsqueeze", &[&valid, &axis1], &[]);
-    let full = g.op(&n("full_allowed"), "And", &[&allowed, &valid], &[]);
-    let w = c(g, "window", spec.sliding_window as i64);
-    let lowest = g.op(&n("window_start"), "Sub", &[&pos_col, &w], &[]);
-    let in_window = g.op(&n("in_window"), "Greater", &[&ar_t, &lowest], &[]);
-    let sliding = g.op(&n("sliding_allowed"), "And", &[&full, &in_window], &[]);
+    let mut allowed = g.op(&n("full_allowed"), "And", &[&allowed, &valid], &[]);
+    if layer_type == LayerType::Sliding {
+        let w = c(g, "window", spec.sliding_window as i64);
+        let lowest = g.op(&n("window_start"), "Sub", &[&pos_col, &w], &[]);
+        let in_window = g.op(&n("in_window"), "Greater", &[&ar_t, &lowest], &[]);
+        allowed = g.op(&n("sliding_allowed"), "And", &[&allowed, &in_window], &[]);
+    }
 
     let groups = (spec.heads / spec.kv_heads) as i64;
     let tile = g.const_i64(&n("tile"), &[4], &[1, 1, groups, 1]);
     let zero_f = g.const_f32(&n("zero_f"), &[], &[0.0]);
     let min_f = g.const_f32(&n("min_f"), &[], &[f32::MIN]);
-    let mut additive = |name: &str, cond: &str| {
-        let m = g.op(
-            &n(&format!("{name}/Where")),
-            "Where",
-            &[cond, &zero_f, &min_f],
-            &[],
-        );
-        let m = g.op(
-            &n(&format!("{name}/Unsqueeze")),
-            "Unsqueeze",
-            &[&m, &axis1],
-            &[],
-        );
-        g.op(&n(&format!("{name}/Tile")), "Tile", &[&m, &tile], &[])
-    };
-    let full = additive("full_mask", &full);
-    let sliding = additive("sliding_mask", &sliding);
+    let m = g.op(&n("mask/Where"), "Where", &[&allowed, &zero_f, &min_f], &[]);
+    let m = g.op(&n("mask/Unsqueeze"), "Unsqueeze", &[&m, &axis1], &[]);
+    let mask = g.op(&n("mask/Tile"), "Tile", &[&m, &tile], &[]);
     let is_image = g.op(&n("is_image_col"), "Unsqueeze", &[&img, &axis2], &[]);
     Masks {
         positions,
         is_image,
-        full,
-        sliding,
+        mask,
         total,
     }
 }
 
-/// The layer's attention output with image-token queries recomputed bidirectionally.
+/// The layer's attention output with image-token queries recomputed bidirectionally:
+/// `If(gate, then: explicit attention merged by Where, else: GQA's output)`.
 #[allow(clippy::too_many_arguments)]
 pub fn merge(
     cx: &mut Ctx,
     spec: &Gemma3Spec,
     p: &str,
     layer_type: LayerType,
+    gate: &Gate,
+    q: &str,
+    rot: &(String, String),
+    present: (&str, &str),
+    gqa_out: &str,
+) -> String {
+    let dt = cx.dtype.onnx();
+    let then_branch = cx.g.subgraph(&format!("{p}.image_attn.then"), |g| {
+        let m = masks(
+            g,
+            spec,
+            &gate.seqlens_k,
+            layer_type,
+            &format!("/{p}/image_attn/mask"),
+        );
+        let out = explicit(g, spec, dt, p, &m, q, rot, present, gqa_out);
+        vec![(out, dt)]
+    });
+    let else_branch = cx.g.subgraph(&format!("{p}.image_attn.else"), |g| {
+        let out = g.op(&format!("/{p}/image_attn/gqa"), "Identity", &[gqa_out], &[]);
+        vec![(out, dt)]
+    });
+    cx.g.op(
+        &format!("/{p}/image_attn/If"),
+        "If",
+        &[&gate.cond],
+        &[
+            ("then_branch", Attr::Graph(then_branch)),
+            ("else_branch", Attr::Graph(else_branch)),
+        ],
+    )
+}
+
+/// Explicit attention of every query over `present[.., :total, ..]` with the layer's mask; image
+/// queries take it, the others keep GQA's output.
+#[allow(clippy::too_many_arguments)]
+fn explicit(
+    g: &mut GraphBuilder,
+    spec: &Gemma3Spec,
+    dt: DataType,
+    p: &str,
     masks: &Masks,
     q: &str,
     (cos, sin): &(String, String),
     present: (&str, &str),
     gqa_out: &str,
 ) -> String {
-    let g = &mut *cx.g;
     let n = |x: &str| format!("/{p}/image_attn/{x}");
     let (h, kv, d) = (
         spec.heads as i64,
@@ -237,7 +301,6 @@ pub fn merge(
         &[("perm", Attr::Ints(vec![0, 1, 3, 2]))],
     );
     let scores = g.op(&n("scores"), "MatMul", &[&q4, &kt], &[]);
-    let dt = cx.dtype.onnx();
     let half = dt != DataType::Float;
     let scale = (spec.query_pre_attn_scalar.powf(-0.5)) as f32;
     let scores = if half {
@@ -252,11 +315,7 @@ pub fn merge(
     };
     let sc = g.const_f32(&n("scale"), &[], &[scale]);
     let scaled = g.op(&n("scaled"), "Mul", &[&scores, &sc], &[]);
-    let mask = match layer_type {
-        LayerType::Full => &masks.full,
-        LayerType::Sliding => &masks.sliding,
-    };
-    let masked = g.op(&n("masked"), "Add", &[&scaled, mask], &[]);
+    let masked = g.op(&n("masked"), "Add", &[&scaled, &masks.mask], &[]);
     let probs = g.op(
         &n("softmax"),
         "Softmax",
