@@ -1,8 +1,9 @@
 //! Gemma 3 text decoder (embed.onnx + decoder.onnx) against transformers on the tiny random
 //! Gemma3ForCausalLM in fixtures/gemma3_text (weights/reference/gemma3_text_golden.py): fp32
 //! logits within 1e-4 and identical greedy tokens through the KV cache, for token prompts and for
-//! image-feature rows merged at image-token positions; the int8 build's greedy choices; pruning
-//! builds' reports and what they leave untouched; the multimodal checkpoint layout.
+//! image-feature rows merged at image-token positions (causal, and bidirectional within each image
+//! as Gemma3ForConditionalGeneration runs it); the int8 build against transformers with the same
+//! int8 weights; the multimodal checkpoint layout; the bf16 default.
 
 mod common;
 
