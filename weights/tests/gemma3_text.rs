@@ -364,3 +364,25 @@ fn bf16_is_the_default() {
         assert_eq!(&got[t * 48..(t + 1) * 48], &want[..], "position {t}");
     }
 }
+
+/// A text-only checkpoint (no image token in its config, like Gemma-3-270M): the decoder has no
+/// `token_type_ids` input, the embedding graph still declares `image_features` (one contract for
+/// every Gemma 3 folder) and ignores it, and the logits are the same.
+#[test]
+fn text_only_checkpoint() {
+    let g = golden(NAME);
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("text");
+    std::fs::create_dir_all(&ck).unwrap();
+    for f in ["model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture(NAME).join(f), ck.join(f)).unwrap();
+    }
+    let mut cfg = json(&fixture(NAME).join("config.json"));
+    cfg.as_object_mut().unwrap().remove("image_token_index");
+    std::fs::write(ck.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let (_t, dir) = compile(&ck, Dtype::Fp32, QuantArg::None);
+    let engine: DecoderConfig = serde_json::from_value(json(&dir.join("engine.json"))).unwrap();
+    assert_eq!(engine.io.token_type_ids, None);
+    assert_eq!(engine.embed.unwrap().image_token_id, None);
+    run_tokens(&dir, &g.prompt, &g.generated, &g.logits, TOL);
+}
