@@ -13,6 +13,7 @@ pub mod config;
 pub mod decoder;
 pub mod embed;
 pub mod image_attn;
+mod layer;
 pub mod weights;
 
 pub use config::{is_gemma3, Gemma3Spec, LayerType};
