@@ -87,6 +87,7 @@ fn main() {
             dtype: Some(Dtype::Fp16),
             quant: Some(quant),
             force: true,
+            prune: None,
             command: vec!["llm_bench".into(), q.into()],
         })
         .unwrap_or_else(|e| panic!("compiling {q}: {e}"));

@@ -123,6 +123,7 @@ pub fn install(force: bool) -> Result<PathBuf, DefaultModelError> {
         dtype: Some(cog_weights::arch::Dtype::Fp32),
         quant: Some(cog_weights::quant::QuantArg::None),
         force: true,
+        prune: None,
         command: std::env::args().collect(),
     })?;
     eprintln!(

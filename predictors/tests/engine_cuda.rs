@@ -98,6 +98,7 @@ fn cuda_generation() {
         dtype: Some(Dtype::Fp16),
         quant: Some(QuantArg::None),
         force: false,
+        prune: None,
         command: vec!["engine cuda test".into()],
     })
     .unwrap_or_else(|e| panic!("compiling SmolLM2: {e}"));

@@ -43,6 +43,7 @@ fn smollm2_answers_like_transformers() {
         dtype: Some(Dtype::Fp32),
         quant: Some(QuantArg::None),
         force: false,
+        prune: None,
         command: vec!["engine test".into()],
     })
     .unwrap_or_else(|e| panic!("compiling SmolLM2: {e}"));

@@ -148,6 +148,7 @@ fn child(ckpt: &Path, dir: &Path, cfg: &str) {
         dtype: Some(dtype),
         quant: Some(quant),
         force: true,
+        prune: None,
         command: vec!["bench".into(), cfg.into()],
     })
     .expect("build");

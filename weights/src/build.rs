@@ -9,13 +9,14 @@ use crate::checkpoint::safetensors::SafetensorsSource;
 use crate::checkpoint::TensorSource;
 use crate::format::{FileEntry, Manifest, FORMAT_VERSION};
 use crate::onnx::{GraphBuilder, MS_DOMAIN, MS_OPSET, ONNX_OPSET};
+use crate::prune::source::{PruneReport, PruneRequest, PrunedSource};
 use crate::quant::{Policy, QuantArg, TensorReport};
 use crate::Error;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Files copied verbatim from a Hugging Face checkpoint folder when present.
-const TOKENIZER_FILES: &[&str] = &[
+pub(crate) const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -34,6 +35,8 @@ pub struct BuildRequest {
     pub quant: Option<QuantArg>,
     /// Replace an existing output folder.
     pub force: bool,
+    /// Prune linear weights before quantisation (`None`: no pruning).
+    pub prune: Option<PruneRequest>,
     /// Recorded in the manifest.
     pub command: Vec<String>,
 }
@@ -73,24 +76,10 @@ pub fn load_hf_dir(dir: &Path) -> Result<Loaded, Error> {
     let cfg = HfConfig::load(&cfg_path)?;
     let mut spec = cfg.spec(&cfg_path)?;
     let source = SafetensorsSource::open_dir(dir)?;
-    let mut extra_files = Vec::new();
-    for name in TOKENIZER_FILES {
-        let p = dir.join(name);
-        if p.is_file() {
-            extra_files.push((
-                name.to_string(),
-                std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
-            ));
-        }
-    }
-    // generation_config.json's eos list is what generate() stops on; merge it in.
-    let gen = dir.join("generation_config.json");
-    if gen.is_file() {
-        let v: serde_json::Value = crate::checkpoint::read_json(&gen)?;
-        for id in crate::checkpoint::config::token_ids(&v.get("eos_token_id").cloned()) {
-            if !spec.eos_token_ids.contains(&id) {
-                spec.eos_token_ids.push(id);
-            }
+    let extra_files = extra_files(dir)?;
+    for id in generation_eos(dir)? {
+        if !spec.eos_token_ids.contains(&id) {
+            spec.eos_token_ids.push(id);
         }
     }
     Ok(Loaded {
@@ -100,8 +89,42 @@ pub fn load_hf_dir(dir: &Path) -> Result<Loaded, Error> {
     })
 }
 
+/// The [`TOKENIZER_FILES`] present in a checkpoint folder: (name, bytes).
+pub(crate) fn extra_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let mut out = Vec::new();
+    for name in TOKENIZER_FILES {
+        let p = dir.join(name);
+        if p.is_file() {
+            out.push((
+                name.to_string(),
+                std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// generation_config.json's eos list, which is what generate() stops on (merged into the spec's).
+pub(crate) fn generation_eos(dir: &Path) -> Result<Vec<u32>, Error> {
+    let gen = dir.join("generation_config.json");
+    if !gen.is_file() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = crate::checkpoint::read_json(&gen)?;
+    Ok(crate::checkpoint::config::token_ids(
+        &v.get("eos_token_id").cloned(),
+    ))
+}
+
 pub fn build(req: &BuildRequest) -> Result<BuildSummary, Error> {
     let is_gguf = req.input.extension().is_some_and(|e| e == "gguf");
+    let cfg_path = req.input.join("config.json");
+    if !is_gguf && cfg_path.is_file() {
+        let cfg: serde_json::Value = crate::checkpoint::read_json(&cfg_path)?;
+        if crate::arch::gemma3::is_gemma3(&cfg) {
+            return crate::arch::gemma3::build_folder(req);
+        }
+    }
     let loaded = if is_gguf {
         crate::gguf::load(&req.input)?
     } else {
@@ -111,98 +134,191 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary, Error> {
 }
 
 pub fn build_loaded(req: &BuildRequest, loaded: Loaded) -> Result<BuildSummary, Error> {
-    let out = &req.output;
-    if out.exists() && !req.force {
-        return Err(Error::OutputExists { path: out.clone() });
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let base = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    // Dropped (and removed) on any early return.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{base}.partial-"))
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    let staging = Staging::new(&req.output, req.force)?;
+    let tmp = staging.path();
 
     let spec = &loaded.spec;
     let (d_dtype, d_quant) = defaults(spec.arch);
     let dtype = req.dtype.unwrap_or(d_dtype);
     let quant = req.quant.unwrap_or(d_quant);
     let policy = Policy::uniform(quant.scheme());
+    let prune = match &req.prune {
+        None => None,
+        Some(p) if p.compact => {
+            return Err(Error::Unsupported(format!(
+                "--compact: MLP compaction is implemented for Gemma 3 only, not {}",
+                spec.arch.name()
+            )))
+        }
+        Some(p) => Some((p, p.resolve(None)?)),
+    };
 
     let mut g = GraphBuilder::new(
         "main_graph",
-        &tmp.path().join("model.onnx.data"),
+        &tmp.join("model.onnx.data"),
         "model.onnx.data",
     )?;
-    let (engine, reports) = decoder::build(
-        spec,
-        loaded.source.as_ref(),
-        &mut g,
-        &decoder::Options { dtype, policy },
-    )?;
+    let opts = decoder::Options { dtype, policy };
+    let (engine, reports, prune_report) = match &prune {
+        None => {
+            let (e, r) = decoder::build(spec, loaded.source.as_ref(), &mut g, &opts)?;
+            (e, r, None)
+        }
+        Some((p, (map, map_source))) => {
+            let src = PrunedSource::new(loaded.source.as_ref(), map, p);
+            let (e, r) = decoder::build(spec, &src, &mut g, &opts)?;
+            let report = PruneReport::<()>::new(p, map, map_source, src.into_reports(), vec![]);
+            (e, r, Some(report))
+        }
+    };
     let data_entry = g.finish(
-        &tmp.path().join("model.onnx"),
+        &tmp.join("model.onnx"),
         &[("", ONNX_OPSET), (MS_DOMAIN, MS_OPSET)],
     )?;
     drop(loaded.source);
 
-    write_json(&tmp.path().join("engine.json"), &engine)?;
-    if !reports.is_empty() {
-        write_json(&tmp.path().join("quantization_report.json"), &reports)?;
-    }
-    for (name, bytes) in &loaded.extra_files {
-        let p = tmp.path().join(name);
-        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
-    }
+    write_json(&tmp.join("engine.json"), &engine)?;
+    let files = Files {
+        reports: &reports,
+        prune: prune_report.as_ref(),
+        extra: &loaded.extra_files,
+    };
+    let pruning = files.write(tmp)?;
+    let mut known = BTreeMap::new();
+    known.insert("model.onnx.data".to_string(), data_entry);
+    let manifest = manifest(req, spec.arch.name(), dtype, policy, pruning, tmp, known)?;
+    staging.commit()?;
+    Ok(BuildSummary { manifest, reports })
+}
 
+/// The side files every build writes: quantisation and pruning reports, tokenizer files.
+pub(crate) struct Files<'a, C: serde::Serialize> {
+    pub reports: &'a [TensorReport],
+    pub prune: Option<&'a PruneReport<C>>,
+    pub extra: &'a [(String, Vec<u8>)],
+}
+
+pub(crate) const PRUNE_REPORT: &str = "prune_report.json";
+
+impl<C: serde::Serialize> Files<'_, C> {
+    /// Writes them into `dir`; returns the manifest's pruning record.
+    pub fn write(&self, dir: &Path) -> Result<Option<crate::format::PruningRecord>, Error> {
+        if !self.reports.is_empty() {
+            write_json(&dir.join("quantization_report.json"), &self.reports)?;
+        }
+        for (name, bytes) in self.extra {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+        }
+        match self.prune {
+            None => Ok(None),
+            Some(r) => {
+                write_json(&dir.join(PRUNE_REPORT), r)?;
+                Ok(Some(r.record(Path::new(PRUNE_REPORT))))
+            }
+        }
+    }
+}
+
+/// Writes `manifest.json` for the folder in `dir` (`known`: entries already hashed) and returns it.
+pub(crate) fn manifest(
+    req: &BuildRequest,
+    architecture: &str,
+    dtype: Dtype,
+    policy: Policy,
+    pruning: Option<crate::format::PruningRecord>,
+    dir: &Path,
+    known: BTreeMap<String, FileEntry>,
+) -> Result<Manifest, Error> {
     let mut quantization = BTreeMap::new();
     quantization.insert("linear".to_string(), policy.linear.label());
     quantization.insert("lm_head".to_string(), policy.lm_head.label());
     quantization.insert("embeddings".to_string(), "none".to_string());
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
-        architecture: spec.arch.name().into(),
+        architecture: architecture.into(),
         dtype: dtype.name().into(),
         quantization,
-        files: {
-            // The data file (the bulk) was hashed while it was written.
-            let mut known = BTreeMap::new();
-            known.insert("model.onnx.data".to_string(), data_entry);
-            hash_dir_with(tmp.path(), known)?
-        },
+        // The data files (the bulk) were hashed while they were written.
+        files: hash_dir_with(dir, known)?,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         command: req.command.clone(),
+        pruning,
     };
-    write_json(&tmp.path().join("manifest.json"), &manifest)?;
-
-    // Swap into place: the old folder (with --force) is moved aside first, removed last.
-    let tmp_path = tmp.keep();
-    let old = parent.join(format!(".{base}.old-{}", std::process::id()));
-    let had_old = out.exists();
-    if had_old {
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp_path, out) {
-        let _ = std::fs::remove_dir_all(&tmp_path);
-        if had_old {
-            let _ = std::fs::rename(&old, out);
-        }
-        return Err(Error::io(out, e));
-    }
-    if had_old {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(BuildSummary { manifest, reports })
+    write_json(&dir.join("manifest.json"), &manifest)?;
+    Ok(manifest)
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Error> {
+/// A temporary folder beside the output, renamed into place by [`Staging::commit`]; dropped (and
+/// removed) on any early return.
+pub(crate) struct Staging {
+    tmp: tempfile::TempDir,
+    parent: PathBuf,
+    base: String,
+    out: PathBuf,
+}
+
+impl Staging {
+    pub fn new(out: &Path, force: bool) -> Result<Staging, Error> {
+        if out.exists() && !force {
+            return Err(Error::OutputExists {
+                path: out.to_path_buf(),
+            });
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let base = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{base}.partial-"))
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        Ok(Staging {
+            tmp,
+            parent,
+            base,
+            out: out.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Swaps into place: the old folder (with --force) is moved aside first, removed last.
+    pub fn commit(self) -> Result<(), Error> {
+        let Staging {
+            tmp,
+            parent,
+            base,
+            out,
+        } = self;
+        let tmp_path = tmp.keep();
+        let old = parent.join(format!(".{base}.old-{}", std::process::id()));
+        let had_old = out.exists();
+        if had_old {
+            std::fs::rename(&out, &old).map_err(|e| Error::io(&out, e))?;
+        }
+        if let Err(e) = std::fs::rename(&tmp_path, &out) {
+            let _ = std::fs::remove_dir_all(&tmp_path);
+            if had_old {
+                let _ = std::fs::rename(&old, &out);
+            }
+            return Err(Error::io(&out, e));
+        }
+        if had_old {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), Error> {
     let mut s = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?;
     s.push('\n');
     std::fs::write(path, s).map_err(|e| Error::io(path, e))
@@ -215,7 +331,7 @@ pub fn hash_dir(dir: &Path) -> Result<BTreeMap<String, FileEntry>, Error> {
 }
 
 /// [`hash_dir`] taking already-known entries as given.
-fn hash_dir_with(
+pub(crate) fn hash_dir_with(
     dir: &Path,
     known: BTreeMap<String, FileEntry>,
 ) -> Result<BTreeMap<String, FileEntry>, Error> {

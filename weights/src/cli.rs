@@ -2,6 +2,7 @@
 
 use crate::arch::Dtype;
 use crate::build::{build, BuildRequest};
+use crate::prune::source::{PruneMethod, PruneRequest};
 use crate::quant::QuantArg;
 use crate::Error;
 use std::path::PathBuf;
@@ -33,17 +34,47 @@ pub struct BuildArgs {
     /// Replace an existing output folder.
     #[arg(long)]
     pub force: bool,
+    /// Prune linear weights before quantisation, gated by the filter map; writes prune_report.json.
+    #[arg(long, value_enum, requires = "sparsity")]
+    pub prune: Option<PruneMethod>,
+    /// Target sparsity of each allowed tensor, in [0, 1] (with --prune).
+    #[arg(long, requires = "prune")]
+    pub sparsity: Option<f64>,
+    /// Steps of the cubic schedule (with --prune gradual).
+    #[arg(long, default_value_t = 10, requires = "prune")]
+    pub gradual_steps: usize,
+    /// Drop the MLP channels structured pruning killed, so the matrices shrink (Gemma 3).
+    #[arg(long, requires = "prune")]
+    pub compact: bool,
+    /// Filter map JSON deciding which tensors may be pruned (default: the architecture's built-in
+    /// map, e.g. weights/recipes/gemma3.prune.json).
+    #[arg(long, requires = "prune")]
+    pub filter_map: Option<PathBuf>,
+}
+
+impl BuildArgs {
+    fn prune_request(&self) -> Option<PruneRequest> {
+        Some(PruneRequest {
+            method: self.prune?,
+            sparsity: self.sparsity?,
+            gradual_steps: self.gradual_steps,
+            compact: self.compact,
+            filter_map: self.filter_map.clone(),
+        })
+    }
 }
 
 pub fn run(cmd: WeightsCommand) -> Result<(), Error> {
     match cmd {
         WeightsCommand::Build(a) => {
+            let prune = a.prune_request();
             let req = BuildRequest {
                 input: a.checkpoint,
                 output: a.output,
                 dtype: a.dtype,
                 quant: a.quant,
                 force: a.force,
+                prune,
                 command: std::env::args().collect(),
             };
             let summary = build(&req)?;
@@ -76,6 +107,17 @@ pub fn run(cmd: WeightsCommand) -> Result<(), Error> {
                     summary.reports.len(),
                     worst.rel_rmse,
                     worst.tensor
+                );
+            }
+            if let Some(p) = &m.pruning {
+                println!(
+                    "pruned ({}, target {}): {} tensors at {:.4} sparsity, {} left alone; see {}",
+                    p.method,
+                    p.sparsity,
+                    p.pruned_tensors,
+                    p.sparsity_of_pruned,
+                    p.skipped_tensors,
+                    p.report
                 );
             }
             Ok(())
@@ -123,6 +165,44 @@ mod tests {
         assert!(
             Cli::try_parse_from(["cogrs", "build", "ckpt", "-o", "o", "--quant", "q3"]).is_err()
         );
+        let cli = Cli::try_parse_from([
+            "cogrs",
+            "build",
+            "ckpt",
+            "-o",
+            "out",
+            "--prune",
+            "structured",
+            "--sparsity",
+            "0.5",
+            "--compact",
+            "--filter-map",
+            "m.json",
+        ])
+        .unwrap();
+        match cli.cmd {
+            WeightsCommand::Build(a) => assert_eq!(
+                a.prune_request(),
+                Some(PruneRequest {
+                    method: PruneMethod::Structured,
+                    sparsity: 0.5,
+                    gradual_steps: 10,
+                    compact: true,
+                    filter_map: Some(PathBuf::from("m.json")),
+                })
+            ),
+            other => panic!("parsed as {other:?}"),
+        }
+        // --prune needs --sparsity, and the pruning options need --prune.
+        for bad in [
+            &["--prune", "magnitude"][..],
+            &["--sparsity", "0.5"][..],
+            &["--compact"][..],
+        ] {
+            let mut args = vec!["cogrs", "build", "ckpt", "-o", "o"];
+            args.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?} parsed");
+        }
         assert!(matches!(
             Cli::try_parse_from(["cogrs", "verify", "dir"]).unwrap().cmd,
             WeightsCommand::Verify { .. }

@@ -24,6 +24,33 @@ pub struct Manifest {
     pub tool_version: String,
     /// The exact command line that built it.
     pub command: Vec<String>,
+    /// Pruning applied before quantisation, if any (absent in folders built without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<PruningRecord>,
+}
+
+/// What pruning did, in brief; the per-tensor report is the file named by `report`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PruningRecord {
+    /// `magnitude`, `gradual` or `structured`.
+    pub method: String,
+    /// The sparsity asked for, per allowed tensor.
+    pub sparsity: f64,
+    /// Gradual only: the number of steps of the cubic schedule.
+    #[serde(default)]
+    pub gradual_steps: Option<usize>,
+    /// Structured only: dead MLP channels were dropped (shapes shrink).
+    #[serde(default)]
+    pub compact: bool,
+    /// The filter map's `model` line, and the file it came from (`builtin:gemma3` for the shipped one).
+    pub filter_map: String,
+    pub filter_map_source: String,
+    /// Per-tensor report file in the folder (`prune_report.json`).
+    pub report: String,
+    pub pruned_tensors: usize,
+    pub skipped_tensors: usize,
+    /// Zeros over the weights of the pruned tensors.
+    pub sparsity_of_pruned: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,6 +79,34 @@ pub struct DecoderConfig {
     pub kv_dtype: String,
     pub io: DecoderIo,
     pub tokens: SpecialTokens,
+    /// Models whose decoder takes `inputs_embeds` (Gemma 3): the graph that makes them, run first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<EmbedGraph>,
+}
+
+/// `embed.onnx`: token ids (and image features) in, `inputs_embeds` for the decoder out.
+///
+/// `inputs_embeds[b, t] = embed_tokens[input_ids[b, t]] · embed_scale`, except at positions where
+/// `input_ids == image_token_id`, which take the rows of `image_features` in order (row-major over
+/// batch then position), as transformers' `masked_scatter` does. The number of image-token
+/// positions must equal the number of feature rows (the run fails otherwise); text-only calls pass
+/// a `[0, hidden]` tensor. The features are what the vision graph (`vision.onnx`, written by the
+/// vision builder, not this one) outputs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EmbedGraph {
+    /// Graph file, relative to the folder (`embed.onnx`).
+    pub graph: String,
+    /// int64 [batch, seq].
+    pub input_ids: String,
+    /// Compute dtype (`kv_dtype`) [num_image_tokens, hidden].
+    pub image_features: String,
+    /// Compute dtype [batch, seq, hidden]; the decoder input of the same name.
+    pub inputs_embeds: String,
+    /// The placeholder token image features replace; `None` for text-only checkpoints (then
+    /// `image_features` must have zero rows and is ignored).
+    pub image_token_id: Option<u32>,
+    /// The multiplier applied to embedding rows (√hidden rounded to the compute dtype).
+    pub embed_scale: f32,
 }
 
 /// Tensor names of the decoder graph. Per-layer names use `{i}` for the layer index.
@@ -71,6 +126,11 @@ pub struct DecoderIo {
     pub present_value: String,
     /// `logits` ([batch, seq, vocab]).
     pub logits: String,
+    /// Gemma 3 with images: `token_type_ids` (int64 [batch, seq], 1 at image tokens, else 0, as
+    /// the processor makes them). Tokens of one image attend to each other in both directions;
+    /// an image's tokens must all be in the same call. Text-only calls pass zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type_ids: Option<String>,
     /// True when past and present may be bound to one buffer allocated at `context_length`
     /// (GroupQueryAttention grows the cache in place).
     pub shared_kv_buffer: bool,

@@ -20,6 +20,7 @@ fn request(input: &Path, output: &Path) -> BuildRequest {
         dtype: Some(Dtype::Fp32),
         quant: Some(QuantArg::None),
         force: false,
+        prune: None,
         command: vec!["test".into()],
     }
 }
@@ -244,6 +245,11 @@ fn cli_build_then_verify() {
         dtype: None,
         quant: None,
         force: false,
+        prune: None,
+        sparsity: None,
+        gradual_steps: 10,
+        compact: false,
+        filter_map: None,
     }))
     .unwrap();
     // Phi-3's defaults are recorded in the manifest.

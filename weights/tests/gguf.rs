@@ -130,6 +130,7 @@ fn truncated_gguf_names_file_and_tensor() {
         dtype: Some(Dtype::Fp32),
         quant: Some(QuantArg::None),
         force: false,
+        prune: None,
         command: vec![],
     };
     let msg = build(&req(&cut)).unwrap_err().to_string();

@@ -12,55 +12,19 @@
 //! `seqlens_k = sum(mask) - 1`, `total_sequence_length = mask.shape[1]`, and GQA rotates q/k at
 //! those positions itself on RoPE layers (`do_rotary=1`); NoPE layers get no cos/sin inputs.
 
+use super::graph::{self, Ctx};
+pub use super::graph::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE};
 use super::weights::layer_weights;
 use super::{rope, DecoderSpec, Dtype};
 use crate::checkpoint::{Tensor, TensorSource};
 use crate::format::{DecoderConfig, DecoderIo, SpecialTokens, FORMAT_VERSION};
-use crate::onnx::{Attr, DataType, Dim, GraphBuilder, MS_DOMAIN};
-use crate::quant::{self, Policy, Scheme, TensorReport};
+use crate::onnx::{Attr, DataType, GraphBuilder, MS_DOMAIN};
+use crate::quant::{Policy, Scheme, TensorReport};
 use crate::Error;
-
-pub const PAST_KEY: &str = "past_key_values.{i}.key";
-pub const PAST_VALUE: &str = "past_key_values.{i}.value";
-pub const PRESENT_KEY: &str = "present.{i}.key";
-pub const PRESENT_VALUE: &str = "present.{i}.value";
 
 pub struct Options {
     pub dtype: Dtype,
     pub policy: Policy,
-}
-
-struct Ctx<'a> {
-    g: &'a mut GraphBuilder,
-    dtype: Dtype,
-    reports: Vec<TensorReport>,
-}
-
-impl Ctx<'_> {
-    fn weight(&mut self, name: &str, t: &Tensor) -> Result<String, Error> {
-        self.g.weight(
-            name,
-            self.dtype.onnx(),
-            &t.shape,
-            &self.dtype.encode(&t.data),
-        )
-    }
-
-    /// `x @ W^T` for `W[N, K]`, either as MatMul on the transposed weight or as MatMulNBits.
-    fn linear(&mut self, name: &str, x: &str, w: &Tensor, scheme: Scheme) -> Result<String, Error> {
-        match quant::quantize(w, scheme) {
-            None => {
-                let wt = self.weight(&format!("{name}.weight"), &w.transpose2())?;
-                Ok(self
-                    .g
-                    .op(&format!("/{name}/MatMul"), "MatMul", &[x, &wt], &[]))
-            }
-            Some(q) => {
-                self.reports.push(quant::report(name, scheme, w, &q));
-                quant::emit::matmul_nbits(self.g, name, x, &q, self.dtype)
-            }
-        }
-    }
 }
 
 /// Emits the decoder into `g`; returns the engine config and the per-tensor quantisation report.
@@ -79,58 +43,13 @@ pub fn build(
     };
 
     // Inputs and outputs.
-    let (b, s, past, total) = (
-        "batch_size",
-        "sequence_length",
-        "past_sequence_length",
-        "total_sequence_length",
+    cx.g.input(
+        "input_ids",
+        DataType::Int64,
+        &[graph::BATCH.into(), graph::SEQ.into()],
     );
-    cx.g.input("input_ids", DataType::Int64, &[b.into(), s.into()]);
-    cx.g.input("attention_mask", DataType::Int64, &[b.into(), total.into()]);
-    for i in 0..spec.layers {
-        for t in [PAST_KEY, PAST_VALUE] {
-            let dims: [Dim; 4] = [b.into(), kvh.into(), past.into(), d.into()];
-            cx.g.input(&crate::format::DecoderIo::layer(t, i), dt, &dims);
-        }
-    }
-    cx.g.output("logits", dt, &[b.into(), s.into(), spec.vocab.into()]);
-    for i in 0..spec.layers {
-        for t in [PRESENT_KEY, PRESENT_VALUE] {
-            let dims: [Dim; 4] = [b.into(), kvh.into(), total.into(), d.into()];
-            cx.g.output(&crate::format::DecoderIo::layer(t, i), dt, &dims);
-        }
-    }
-
-    // Sequence lengths from the mask, as GroupQueryAttention wants them (int32).
-    let axes = cx.g.const_i64("/model/constants/axes_1", &[1], &[1]);
-    let one = cx.g.const_i64("/model/constants/one", &[], &[1]);
-    let sum = cx.g.op(
-        "/model/attn_mask/ReduceSum",
-        "ReduceSum",
-        &["attention_mask", &axes],
-        &[("keepdims", Attr::Int(0))],
-    );
-    let sub = cx.g.op("/model/attn_mask/Sub", "Sub", &[&sum, &one], &[]);
-    let seqlens_k = cx.g.op(
-        "/model/attn_mask/seqlens_k",
-        "Cast",
-        &[&sub],
-        &[("to", Attr::Int(DataType::Int32 as i64))],
-    );
-    let shape =
-        cx.g.op("/model/attn_mask/Shape", "Shape", &["attention_mask"], &[]);
-    let tot = cx.g.op(
-        "/model/attn_mask/Gather",
-        "Gather",
-        &[&shape, &one],
-        &[("axis", Attr::Int(0))],
-    );
-    let total_len = cx.g.op(
-        "/model/attn_mask/total_seq_len",
-        "Cast",
-        &[&tot],
-        &[("to", Attr::Int(DataType::Int32 as i64))],
-    );
+    graph::declare_kv_io(cx.g, dt, spec.layers, kvh, d, spec.vocab);
+    let (seqlens_k, total_len) = graph::sequence_lengths(cx.g);
 
     // Rotary tables, shared by every RoPE layer.
     let rotary = if spec.rope_layers.iter().any(|&r| r) {
@@ -162,31 +81,27 @@ pub fn build(
         None
     };
 
-    let norm_attrs = |eps: f32| vec![("epsilon", Attr::Float(eps))];
     let mut pending: Option<String> = None; // the last block's output, not yet added to residual
     for i in 0..spec.layers {
         let lw = layer_weights(spec, src, i)?;
         let p = format!("model.layers.{i}");
         let ln1 = cx.weight(&format!("{p}.input_layernorm.weight"), &lw.ln1)?;
         let hidden = match pending.take() {
-            None => cx.g.op(
+            None => graph::rms_norm(
+                cx.g,
                 &format!("/{p}/input_layernorm/SimplifiedLayerNorm"),
-                "SimplifiedLayerNormalization",
-                &[&residual, &ln1],
-                &[
-                    ("axis", Attr::Int(-1)),
-                    ("epsilon", Attr::Float(spec.eps)),
-                    ("stash_type", Attr::Int(1)),
-                ],
+                &residual,
+                &ln1,
+                spec.eps,
             ),
             Some(prev) => {
-                let outs = skip_norm(
+                let outs = graph::skip_norm(
                     cx.g,
                     &format!("/{p}/input_layernorm/SkipLayerNorm"),
                     &prev,
                     &residual,
                     &ln1,
-                    &norm_attrs(spec.eps),
+                    spec.eps,
                 );
                 residual = outs.1;
                 outs.0
@@ -243,13 +158,13 @@ pub fn build(
 
         // MLP.
         let ln2 = cx.weight(&format!("{p}.post_attention_layernorm.weight"), &lw.ln2)?;
-        let (hidden2, res2) = skip_norm(
+        let (hidden2, res2) = graph::skip_norm(
             cx.g,
             &format!("/{p}/post_attention_layernorm/SkipLayerNorm"),
             &o,
             &residual,
             &ln2,
-            &norm_attrs(spec.eps),
+            spec.eps,
         );
         residual = res2;
         let gu = cx.linear(
@@ -287,26 +202,18 @@ pub fn build(
     let norm = src.get_shaped("model.norm.weight", &[h])?;
     let norm = cx.weight("model.norm.weight", &norm)?;
     let last = pending.ok_or_else(|| Error::Unsupported("a decoder with zero layers".into()))?;
-    let (hidden, _) = skip_norm(
+    let (hidden, _) = graph::skip_norm(
         cx.g,
         "/model/norm/SkipLayerNorm",
         &last,
         &residual,
         &norm,
-        &norm_attrs(spec.eps),
+        spec.eps,
     );
 
     let logits_tmp = match (&tied_embed, opts.policy.lm_head) {
         // Tied and unquantised: reuse the embedding initializer; ORT folds the transpose once.
-        (None, Scheme::None) if tied => {
-            let t = cx.g.op(
-                "/lm_head/Transpose",
-                "Transpose",
-                &[&embed_name],
-                &[("perm", Attr::Ints(vec![1, 0]))],
-            );
-            cx.g.op("/lm_head/MatMul", "MatMul", &[&hidden, &t], &[])
-        }
+        (None, Scheme::None) if tied => graph::tied_head(cx.g, &hidden, &embed_name),
         (Some(e), scheme) => cx.linear("lm_head", &hidden, e, scheme)?,
         (None, scheme) => {
             let w = src.get_shaped("lm_head.weight", &[spec.vocab, h])?;
@@ -333,44 +240,13 @@ pub fn build(
         vocab_size: spec.vocab,
         context_length: spec.context_length,
         kv_dtype: opts.dtype.element_name().into(),
-        io: DecoderIo {
-            input_ids: Some("input_ids".into()),
-            inputs_embeds: None,
-            attention_mask: "attention_mask".into(),
-            past_key: PAST_KEY.into(),
-            past_value: PAST_VALUE.into(),
-            present_key: PRESENT_KEY.into(),
-            present_value: PRESENT_VALUE.into(),
-            logits: "logits".into(),
-            shared_kv_buffer: true,
-        },
+        io: graph::decoder_io(Some("input_ids"), None),
         tokens: SpecialTokens {
             bos_token_id: spec.bos_token_id,
             eos_token_ids: spec.eos_token_ids.clone(),
             pad_token_id: spec.pad_token_id,
         },
+        embed: None,
     };
     Ok((config, cx.reports))
-}
-
-/// SkipSimplifiedLayerNormalization: returns (normalised, input + skip).
-fn skip_norm(
-    g: &mut GraphBuilder,
-    name: &str,
-    input: &str,
-    skip: &str,
-    gamma: &str,
-    attrs: &[(&str, Attr)],
-) -> (String, String) {
-    let out = format!("{name}/output_0");
-    let sum = format!("{name}/output_3");
-    g.node_with(
-        name,
-        "SkipSimplifiedLayerNormalization",
-        MS_DOMAIN,
-        &[input, skip, gamma],
-        &[out.clone(), String::new(), String::new(), sum.clone()],
-        attrs,
-    );
-    (out, sum)
 }

@@ -1,6 +1,8 @@
 //! Architecture descriptions and graph builders.
 
 pub mod decoder;
+pub mod gemma3;
+pub mod graph;
 pub mod rope;
 pub mod weights;
 

@@ -43,6 +43,21 @@ pub enum Attr {
     Float(f32),
     Str(String),
     Ints(Vec<i64>),
+    /// A subgraph, made by [`GraphBuilder::subgraph`].
+    Graph(proto::GraphProto),
+}
+
+/// Where an initializer's bytes are in an external data file, so that another graph of the same
+/// folder can point at them instead of writing a second copy (Gemma 3's embedding table serves both
+/// the embedding graph and the tied lm_head of the decoder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalRef {
+    /// The data file's name, relative to the folder.
+    pub location: String,
+    pub offset: u64,
+    pub length: usize,
+    pub dtype: DataType,
+    pub dims: Vec<usize>,
 }
 
 /// Large tensors are aligned to a page so ONNX Runtime can map them instead of copying.
@@ -141,6 +156,58 @@ impl GraphBuilder {
         Ok(name.to_string())
     }
 
+    /// Where the external initializer `name` was written.
+    pub fn external_ref(&self, name: &str) -> Option<ExternalRef> {
+        let t = self.initializers.iter().find(|t| t.name == name)?;
+        let get = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.clone())
+        };
+        Some(ExternalRef {
+            location: get("location")?,
+            offset: get("offset")?.parse().ok()?,
+            length: get("length")?.parse().ok()?,
+            dtype: DataType::from_i32(t.data_type)?,
+            dims: t.dims.iter().map(|&d| d as usize).collect(),
+        })
+    }
+
+    /// An initializer whose bytes are already in another graph's data file (nothing is written).
+    pub fn weight_shared(&mut self, name: &str, r: &ExternalRef) -> String {
+        let entry = |k: &str, v: String| proto::StringStringEntryProto {
+            key: k.to_string(),
+            value: v,
+        };
+        self.initializers.push(proto::TensorProto {
+            dims: r.dims.iter().map(|&d| d as i64).collect(),
+            data_type: r.dtype as i32,
+            name: name.to_string(),
+            raw_data: Vec::new(),
+            external_data: vec![
+                entry("location", r.location.clone()),
+                entry("offset", r.offset.to_string()),
+                entry("length", r.length.to_string()),
+            ],
+            data_location: proto::DATA_LOCATION_EXTERNAL,
+        });
+        name.to_string()
+    }
+
+    /// A small inline float constant (a scale), not a weight.
+    pub fn const_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(proto::TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            name: name.to_string(),
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// A small inline int64 constant (shape arithmetic, axes), not a weight.
     pub fn const_i64(&mut self, name: &str, dims: &[usize], values: &[i64]) -> String {
         let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -195,6 +262,36 @@ impl GraphBuilder {
     /// Single-output convenience over [`GraphBuilder::node`].
     pub fn op(&mut self, name: &str, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
         self.node(name, op, "", inputs, 1, attrs).remove(0)
+    }
+
+    /// A subgraph (an `If` branch): the nodes `build` adds go into it rather than the main graph;
+    /// `build` returns its outputs (name, element type). Constants and weights it adds stay in the
+    /// main graph, which subgraphs may read, as they may read any outer value.
+    pub fn subgraph(
+        &mut self,
+        name: &str,
+        build: impl FnOnce(&mut Self) -> Vec<(String, DataType)>,
+    ) -> proto::GraphProto {
+        let outer = std::mem::take(&mut self.nodes);
+        let outputs = build(self);
+        let nodes = std::mem::replace(&mut self.nodes, outer);
+        proto::GraphProto {
+            node: nodes,
+            name: name.to_string(),
+            output: outputs
+                .iter()
+                .map(|(n, t)| proto::ValueInfoProto {
+                    name: n.clone(),
+                    r#type: Some(proto::TypeProto {
+                        tensor_type: Some(proto::TypeProtoTensor {
+                            elem_type: *t as i32,
+                            shape: None,
+                        }),
+                    }),
+                })
+                .collect(),
+            ..Default::default()
+        }
     }
 
     /// Writes the model file and flushes the data file; returns the data file's manifest entry.
@@ -278,6 +375,10 @@ fn attribute(name: &str, a: &Attr) -> proto::AttributeProto {
         Attr::Ints(v) => {
             p.ints = v.clone();
             p.r#type = attribute_type::INTS;
+        }
+        Attr::Graph(v) => {
+            p.g = Some(v.clone());
+            p.r#type = attribute_type::GRAPH;
         }
     }
     p

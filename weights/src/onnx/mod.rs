@@ -4,7 +4,7 @@
 pub mod builder;
 pub mod proto;
 
-pub use builder::{Attr, Dim, GraphBuilder};
+pub use builder::{Attr, Dim, ExternalRef, GraphBuilder};
 pub use proto::DataType;
 
 /// Default ONNX domain opset: 21 has everything we use (Split with `num_outputs` since 18).

@@ -27,6 +27,22 @@ impl DataType {
             DataType::Float16 | DataType::Bfloat16 => 2,
         }
     }
+
+    /// The variant for a `TensorProto.data_type` value.
+    pub fn from_i32(v: i32) -> Option<DataType> {
+        [
+            DataType::Float,
+            DataType::Uint8,
+            DataType::Int8,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::Bool,
+            DataType::Float16,
+            DataType::Bfloat16,
+        ]
+        .into_iter()
+        .find(|d| *d as i32 == v)
+    }
 }
 
 /// `AttributeProto.AttributeType`.
@@ -35,6 +51,7 @@ pub mod attribute_type {
     pub const INT: i32 = 2;
     pub const STRING: i32 = 3;
     pub const TENSOR: i32 = 4;
+    pub const GRAPH: i32 = 5;
     pub const FLOATS: i32 = 6;
     pub const INTS: i32 = 7;
 }
@@ -128,6 +145,9 @@ pub struct AttributeProto {
     pub s: Vec<u8>,
     #[prost(message, optional, tag = "5")]
     pub t: Option<TensorProto>,
+    /// A subgraph (the branches of `If`).
+    #[prost(message, optional, tag = "6")]
+    pub g: Option<GraphProto>,
     #[prost(float, repeated, tag = "7")]
     pub floats: Vec<f32>,
     #[prost(int64, repeated, tag = "8")]

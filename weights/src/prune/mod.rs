@@ -11,6 +11,7 @@
 
 pub mod filter;
 pub mod magnitude;
+pub mod source;
 pub mod structured;
 
 pub use filter::{Decision, FilterMap};

@@ -5,6 +5,7 @@
 
 use cog_weights::arch::Dtype;
 use cog_weights::build::{build, BuildRequest};
+use cog_weights::prune::source::PruneRequest;
 use cog_weights::quant::QuantArg;
 use ort::environment::Environment;
 use ort::session::Session;
@@ -55,6 +56,16 @@ pub fn session(model: &Path) -> Session {
 
 /// Compiles `input` into a fresh temp folder; returns (guard, output dir).
 pub fn compile(input: &Path, dtype: Dtype, quant: QuantArg) -> (tempfile::TempDir, PathBuf) {
+    compile_with(input, dtype, quant, None)
+}
+
+/// [`compile`] with pruning.
+pub fn compile_with(
+    input: &Path,
+    dtype: Dtype,
+    quant: QuantArg,
+    prune: Option<PruneRequest>,
+) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     build(&BuildRequest {
@@ -63,6 +74,7 @@ pub fn compile(input: &Path, dtype: Dtype, quant: QuantArg) -> (tempfile::TempDi
         dtype: Some(dtype),
         quant: Some(quant),
         force: false,
+        prune,
         command: vec!["test".into()],
     })
     .unwrap_or_else(|e| panic!("building {}: {e}", input.display()));
@@ -132,6 +144,8 @@ pub struct Decoder {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub vocab: usize,
+    /// The `token_type_ids` input's name, when the graph has one (Gemma 3 with images).
+    pub token_type_ids: Option<String>,
     /// Per layer (key, value), each [1, kv_heads, len, head_dim].
     cache: Vec<(Vec<f32>, Vec<f32>)>,
     pub len: usize,
@@ -147,6 +161,7 @@ impl Decoder {
             kv_heads: engine.num_kv_heads,
             head_dim: engine.head_dim,
             vocab: engine.vocab_size,
+            token_type_ids: engine.io.token_type_ids.clone(),
             cache: vec![(Vec::new(), Vec::new()); engine.num_layers],
             len: 0,
         }
@@ -154,14 +169,33 @@ impl Decoder {
 
     /// Feeds `ids` after the cached tokens; returns one logits row per fed token.
     pub fn step(&mut self, ids: &[i64]) -> Vec<Vec<f32>> {
-        let total = self.len + ids.len();
+        let input = Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))
+            .unwrap()
+            .into_dyn();
+        self.run("input_ids", input, &vec![0; ids.len()])
+    }
+
+    /// Feeds `seq` rows of `inputs_embeds` ([1, seq, hidden], fp32) after the cached tokens; text
+    /// tokens (token_type_ids 0, where the graph takes them).
+    pub fn step_embeds(&mut self, embeds: &[f32], seq: usize) -> Vec<Vec<f32>> {
+        self.step_embeds_typed(embeds, &vec![0; seq])
+    }
+
+    /// [`Decoder::step_embeds`] with `token_type_ids` (1 at image tokens).
+    pub fn step_embeds_typed(&mut self, embeds: &[f32], types: &[i64]) -> Vec<Vec<f32>> {
+        let seq = types.len();
+        let hidden = embeds.len() / seq;
+        let input = Tensor::from_array((vec![1i64, seq as i64, hidden as i64], embeds.to_vec()))
+            .unwrap()
+            .into_dyn();
+        self.run("inputs_embeds", input, types)
+    }
+
+    fn run(&mut self, first: &str, first_value: DynValue, types: &[i64]) -> Vec<Vec<f32>> {
+        let seq = types.len();
+        let total = self.len + seq;
         let mut inputs: Vec<(String, DynValue)> = vec![
-            (
-                "input_ids".into(),
-                Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))
-                    .unwrap()
-                    .into_dyn(),
-            ),
+            (first.into(), first_value),
             (
                 "attention_mask".into(),
                 Tensor::from_array((vec![1i64, total as i64], vec![1i64; total]))
@@ -169,6 +203,10 @@ impl Decoder {
                     .into_dyn(),
             ),
         ];
+        if let Some(name) = &self.token_type_ids {
+            let t = Tensor::from_array((vec![1i64, seq as i64], types.to_vec())).unwrap();
+            inputs.push((name.clone(), t.into_dyn()));
+        }
         let shape = vec![
             1i64,
             self.kv_heads as i64,
@@ -187,7 +225,7 @@ impl Decoder {
         }
         let out = self.session.run(inputs).expect("run");
         let (lshape, logits) = out["logits"].try_extract_tensor::<f32>().unwrap();
-        assert_eq!(&**lshape, &[1, ids.len() as i64, self.vocab as i64]);
+        assert_eq!(&**lshape, &[1, seq as i64, self.vocab as i64]);
         let rows = logits.chunks(self.vocab).map(|c| c.to_vec()).collect();
         let mut cache = Vec::new();
         for i in 0..self.layers {
@@ -209,4 +247,89 @@ impl Decoder {
         self.len = total;
         rows
     }
+}
+
+/// Runs a compiled `embed.onnx` (fp32): token ids and image feature rows in, `inputs_embeds` out.
+pub struct Embedder {
+    pub session: Session,
+    pub hidden: usize,
+}
+
+impl Embedder {
+    pub fn open(dir: &Path) -> Embedder {
+        let engine: cog_weights::format::DecoderConfig =
+            serde_json::from_slice(&std::fs::read(dir.join("engine.json")).unwrap()).unwrap();
+        let embed = engine.embed.expect("engine.json names an embedding graph");
+        Embedder {
+            session: session(&dir.join(&embed.graph)),
+            hidden: engine.hidden_size,
+        }
+    }
+
+    /// `inputs_embeds` for one sequence, flattened [seq * hidden]; `features` holds whole rows.
+    pub fn embed(&mut self, ids: &[i64], features: &[f32]) -> Result<Vec<f32>, ort::Error> {
+        let rows = features.len() / self.hidden;
+        let out = self.session.run(ort::inputs![
+            "input_ids" => Tensor::from_array((vec![1i64, ids.len() as i64], ids.to_vec()))?,
+            "image_features" => Tensor::from_array((vec![rows as i64, self.hidden as i64], features.to_vec()))?,
+        ])?;
+        let (shape, data) = out["inputs_embeds"].try_extract_tensor::<f32>()?;
+        assert_eq!(&**shape, &[1, ids.len() as i64, self.hidden as i64]);
+        Ok(data.to_vec())
+    }
+}
+
+/// A JSON file.
+pub fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// A JSON array of numbers as f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// A JSON array of integers.
+pub fn ints(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+/// A `[rows, cols]` fp32 initializer of a compiled graph, read from its external data file.
+pub fn initializer(dir: &Path, graph: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    use cog_weights::onnx::proto::ModelProto;
+    use prost::Message;
+    let model = ModelProto::decode(&*std::fs::read(dir.join(graph)).unwrap()).unwrap();
+    let t = model
+        .graph
+        .unwrap()
+        .initializer
+        .into_iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("{graph} has no initializer {name}"));
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .unwrap()
+            .value
+            .clone()
+    };
+    let data = std::fs::read(dir.join(get("location"))).unwrap();
+    let (off, len): (usize, usize) = (
+        get("offset").parse().unwrap(),
+        get("length").parse().unwrap(),
+    );
+    let vals = data[off..off + len]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (t.dims.iter().map(|&d| d as usize).collect(), vals)
 }
