@@ -2,6 +2,7 @@
 
 pub mod decoder;
 pub mod rope;
+pub mod siglip;
 pub mod weights;
 
 use crate::onnx::DataType;
