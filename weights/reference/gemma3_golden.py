@@ -27,9 +27,15 @@ golden.json (floats written as the shortest text that round-trips their f32 valu
   prefill sees it: image tokens attend to each other bidirectionally (within the sliding window on
   local layers); logits_causal: the same without token_type_ids (plain causal masks everywhere),
   for a decoder that does not implement the bidirectional image block;
-- generated_causal: greedy tokens when the prompt is fed as inputs_embeds without token_type_ids.
+- generated_causal: greedy tokens from generate() without token_type_ids (causal masks only).
 
-Run: /work/venv-ref/bin/python weights/reference/gemma3_golden.py weights/fixtures/gemma3
+Second fixture, weights/fixtures/gemma3_vision_896/: the real model's image geometry (896 px, patch
+14: a 64x64 patch grid pooled 4x4 to 256 tokens) at toy widths (1 SigLIP layer, hidden 16, 2 heads;
+a 1-layer text model of width 24 that only sets the projector's output width). Its pixels are too
+many for JSON: both sides compute them from `pattern_u8` (below) and the processor's normalisation.
+golden.json there holds image_features [1, 256, 24] only.
+
+Run: /work/venv-ref/bin/python weights/reference/gemma3_golden.py weights/fixtures
 """
 import json
 import os
@@ -64,10 +70,15 @@ def config():
                         tie_word_embeddings=True)
 
 
-def pixel_values():
-    """A fixed 56x56 RGB pattern, normalised as Gemma3ImageProcessor does (mean = std = 0.5)."""
-    y, x = np.mgrid[0:56, 0:56]
-    u8 = np.stack([(x * 4 + y) % 256, (y * 5 + 3 * x) % 256, ((x * y) // 3 + 40) % 256]).astype(np.uint8)
+def pattern_u8(size):
+    """The fixed RGB test image, [3, size, size] u8 (channel-first, as pixel_values are)."""
+    y, x = np.mgrid[0:size, 0:size]
+    return np.stack([(x * 4 + y) % 256, (y * 5 + 3 * x) % 256, ((x * y) // 3 + 40) % 256]).astype(np.uint8)
+
+
+def pixel_values(size=56):
+    """pattern_u8 normalised as Gemma3ImageProcessor does (rescale 1/255, mean = std = 0.5)."""
+    u8 = pattern_u8(size)
     rescaled = (u8.astype(np.float64) * (1 / 255)).astype(np.float32)
     return ((rescaled - np.float32(0.5)) / np.float32(0.5))[None]
 
@@ -77,10 +88,7 @@ def short(a):
     return [float(np.format_float_scientific(v, unique=True)) for v in np.asarray(a, np.float32).reshape(-1)]
 
 
-def main(out):
-    torch.manual_seed(20261126)
-    cfg = config()
-    model = Gemma3ForConditionalGeneration(cfg).eval()
+def randomise(model):
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if "layer_norm" in name or "layernorm" in name:
@@ -94,13 +102,50 @@ def main(out):
             else:
                 p.copy_(0.15 * torch.randn_like(p))
             p.copy_(p.to(torch.bfloat16).to(torch.float32))
+
+
+def save(model, out):
+    """Saves in bf16 and returns the folder loaded back in fp32 (the reference)."""
     os.makedirs(out, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     for extra in ("generation_config.json",):
         if os.path.exists(os.path.join(out, extra)):
             os.remove(os.path.join(out, extra))
-    model = Gemma3ForConditionalGeneration.from_pretrained(
+    return Gemma3ForConditionalGeneration.from_pretrained(
         out, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def vision_896(out):
+    torch.manual_seed(896)
+    vision = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=16,
+                  num_hidden_layers=1, num_attention_heads=2, image_size=896, patch_size=14,
+                  layer_norm_eps=1e-6, vision_use_head=False, hidden_act="gelu_pytorch_tanh")
+    text = dict(model_type="gemma3_text", vocab_size=16, hidden_size=24, intermediate_size=8,
+                num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, head_dim=8,
+                max_position_embeddings=16, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    cfg = Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=256,
+                       boi_token_index=13, eoi_token_index=14, image_token_index=15)
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    randomise(model)
+    model = save(model, out)
+    with torch.no_grad():
+        feats = model.get_image_features(torch.from_numpy(pixel_values(896))).pooler_output
+    golden = {
+        "made_by": f"transformers {transformers.__version__}, torch {torch.__version__}",
+        "pixels": "pattern_u8(896) of weights/reference/gemma3_golden.py, normalised",
+        "image_features_shape": list(feats.shape),
+        "image_features": short(feats),
+    }
+    with open(os.path.join(out, "golden.json"), "w") as f:
+        json.dump(golden, f)
+    print("gemma3_vision_896 features", feats.shape)
+
+
+def tiny(out):
+    torch.manual_seed(20261126)
+    model = Gemma3ForConditionalGeneration(config()).eval()
+    randomise(model)
+    model = save(model, out)
 
     pv = torch.from_numpy(pixel_values())
     ids = torch.tensor([PROMPT])
@@ -154,5 +199,10 @@ def main(out):
           f"max |logits - logits_causal| = {gap:.4f}")
 
 
+def main(root):
+    tiny(os.path.join(root, "gemma3"))
+    vision_896(os.path.join(root, "gemma3_vision_896"))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "fixtures", "gemma3"))
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "fixtures"))

@@ -47,7 +47,15 @@ fn golden() -> Golden {
 
 /// Builds vision.onnx from the fixture into a temp folder.
 fn build(dtype: Dtype, linear: Scheme) -> (tempfile::TempDir, siglip::VisionBuild) {
-    let dir = fixture("gemma3");
+    build_from("gemma3", dtype, linear)
+}
+
+fn build_from(
+    name: &str,
+    dtype: Dtype,
+    linear: Scheme,
+) -> (tempfile::TempDir, siglip::VisionBuild) {
+    let dir = fixture(name);
     let cfg_path = dir.join("config.json");
     let spec = Gemma3Config::load(&cfg_path)
         .unwrap()
@@ -91,6 +99,58 @@ fn vision_features_match_transformers_fp32() {
     let scale = g.features.iter().fold(0f32, |m, v| m.max(v.abs()));
     eprintln!("fp32: max abs diff {d:e} (features up to {scale})");
     assert!(d <= 1e-4, "fp32 image features: max abs diff {d} > 1e-4");
+}
+
+/// `pattern_u8(size)` of weights/reference/gemma3_golden.py, normalised as the processor does:
+/// (u8 · (1/255) in f64, rounded to f32, − 0.5) / 0.5 in f32.
+fn pattern_pixels(size: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(3 * size * size);
+    for c in 0..3 {
+        for y in 0..size {
+            for x in 0..size {
+                let u = match c {
+                    0 => (x * 4 + y) % 256,
+                    1 => (y * 5 + 3 * x) % 256,
+                    _ => ((x * y) / 3 + 40) % 256,
+                };
+                let r = (u as f64 * (1.0 / 255.0)) as f32;
+                out.push((r - 0.5) / 0.5);
+            }
+        }
+    }
+    out
+}
+
+/// The real model's image geometry (896 px, a 64×64 patch grid, 4×4 pooling to 256 tokens) at toy
+/// widths: features within 1e-4 of transformers.
+#[test]
+fn vision_features_at_real_geometry_fp32() {
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("gemma3_vision_896").join("golden.json")).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = v["image_features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let (tmp, built) = build_from("gemma3_vision_896", Dtype::Fp32, Scheme::None);
+    assert_eq!(
+        (built.config.image_size, built.config.mm_tokens_per_image),
+        (896, 256)
+    );
+    let g = Golden {
+        pixels: pattern_pixels(896),
+        pixel_shape: vec![1, 3, 896, 896],
+        features: want,
+        feature_shape: vec![1, 256, 24],
+    };
+    let (shape, f) = run(tmp.path(), &g, 1);
+    assert_eq!(shape, g.feature_shape);
+    let d = max_abs_diff(&f, &g.features);
+    eprintln!("896 px: max abs diff {d:e}");
+    assert!(d <= 1e-4, "896 px image features: max abs diff {d} > 1e-4");
 }
 
 /// Two images in one batch (the batch dimension is symbolic all the way through).

@@ -242,3 +242,56 @@ impl VisionNames {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Tensor;
+    use std::path::PathBuf;
+
+    struct Names(Vec<&'static str>);
+
+    impl TensorSource for Names {
+        fn get(&self, name: &str) -> Result<Tensor, Error> {
+            Err(Error::MissingTensor {
+                file: self.file_of(name),
+                tensor: name.into(),
+            })
+        }
+        fn contains(&self, name: &str) -> bool {
+            self.0.contains(&name)
+        }
+        fn file_of(&self, _: &str) -> PathBuf {
+            PathBuf::from("model.safetensors")
+        }
+    }
+
+    #[test]
+    fn finds_google_and_transformers_layouts() {
+        let google = Names(vec![
+            "vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "multi_modal_projector.mm_input_projection_weight",
+        ]);
+        assert_eq!(
+            VisionNames::find(&google).unwrap(),
+            VisionNames {
+                tower: "vision_tower.vision_model.".into(),
+                projector: "multi_modal_projector.".into()
+            }
+        );
+        let in_memory = Names(vec![
+            "model.vision_tower.embeddings.patch_embedding.weight",
+            "model.multi_modal_projector.mm_input_projection_weight",
+        ]);
+        assert_eq!(
+            VisionNames::find(&in_memory).unwrap(),
+            VisionNames {
+                tower: "model.vision_tower.".into(),
+                projector: "model.multi_modal_projector.".into()
+            }
+        );
+        let text_only = Names(vec!["model.embed_tokens.weight"]);
+        let e = VisionNames::find(&text_only).unwrap_err().to_string();
+        assert!(e.contains("vision tower"), "{e}");
+    }
+}
