@@ -167,27 +167,36 @@ fn vision_batch_of_two() {
     }
 }
 
-/// int8 weight-only (MatMulNBits, symmetric, block 32) on the tower's q/k/v, out_proj, fc1 and
-/// fc2. Bound: 2% of the largest feature magnitude. The weights carry about 0.4% rms error per
-/// tensor (127 levels per block); through two layers, LayerNorms and the projector that stays well
-/// under 1%, while dropping a bias or mixing heads moves features by tens of percent.
+/// int8 weight-only on the tower's q/k/v, out_proj, fc1 and fc2: symmetric RTN (MatMulNBits,
+/// block 32) and HQQ (group 64, float zero points: MatMulNBits plus the zero-point correction; fc2's
+/// K = 48 is padded to a whole group). Bound: 2% of the largest feature magnitude. The weights carry
+/// about 0.4% rms error per tensor (127 levels per block); through two layers, LayerNorms and the
+/// projector that stays well under 1%, while dropping a bias or mixing heads moves features by tens
+/// of percent.
 #[test]
 fn vision_features_int8_within_bound() {
     let g = golden();
-    let (tmp, built) = build(Dtype::Fp32, Scheme::Rtn { bits: 8, block: 32 });
-    // 2 layers × (qkv, out_proj, fc1, fc2).
-    assert_eq!(built.reports.len(), 8);
-    let (_, f) = run(tmp.path(), &g, 1);
-    let d = max_abs_diff(&f, &g.features);
     let scale = g.features.iter().fold(0f32, |m, v| m.max(v.abs()));
-    eprintln!(
-        "int8: max abs diff {d:e}, {:.3}% of max |feature| {scale}",
-        100.0 * d / scale
-    );
-    assert!(
-        d <= 0.02 * scale,
-        "int8 image features: max abs diff {d} > 2% of {scale}"
-    );
+    for scheme in [
+        Scheme::Rtn { bits: 8, block: 32 },
+        Scheme::Hqq { bits: 8, group: 64 },
+    ] {
+        let (tmp, built) = build(Dtype::Fp32, scheme);
+        // 2 layers × (qkv, out_proj, fc1, fc2).
+        assert_eq!(built.reports.len(), 8);
+        let (_, f) = run(tmp.path(), &g, 1);
+        let d = max_abs_diff(&f, &g.features);
+        eprintln!(
+            "{}: max abs diff {d:e}, {:.3}% of max |feature| {scale}",
+            scheme.label(),
+            100.0 * d / scale
+        );
+        assert!(
+            d <= 0.02 * scale,
+            "{} image features: max abs diff {d} > 2% of {scale}",
+            scheme.label()
+        );
+    }
 }
 
 /// google/gemma-3-4b-it's config.json (vision fields as released: most SigLIP fields omitted, so
