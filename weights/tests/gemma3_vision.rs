@@ -300,3 +300,46 @@ fn vision_bf16_builds() {
     assert_eq!(bf16.config.dtype, "bfloat16");
     assert!(bf16.data.size < fp32.data.size * 6 / 10);
 }
+
+/// The merge the engine does between vision.onnx and the text decoder, checked against the
+/// `inputs_embeds` transformers' language model received: text rows are the embedding row scaled
+/// by √hidden (8 here), image-token rows are our image features unscaled, in order.
+#[test]
+fn merged_embeddings_match_transformers() {
+    use cog_weights::checkpoint::TensorSource;
+    let p = fixture("gemma3").join("golden.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let ids: Vec<usize> = v["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    let want: Vec<f32> = v["inputs_embeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let image = v["image_token_id"].as_u64().unwrap() as usize;
+    let g = golden();
+    let (tmp, built) = build(Dtype::Fp32, Scheme::None);
+    let h = built.config.text_hidden_size;
+    let (_, feats) = run(tmp.path(), &g, 1);
+    let src = SafetensorsSource::open_dir(&fixture("gemma3")).unwrap();
+    let embed = src.get("language_model.model.embed_tokens.weight").unwrap();
+    let scale = (h as f32).sqrt();
+    let mut merged = Vec::new();
+    let mut next_feature = 0;
+    for &id in &ids {
+        if id == image {
+            merged.extend_from_slice(&feats[next_feature * h..(next_feature + 1) * h]);
+            next_feature += 1;
+        } else {
+            merged.extend(embed.data[id * h..(id + 1) * h].iter().map(|x| x * scale));
+        }
+    }
+    assert_eq!(next_feature, built.config.mm_tokens_per_image);
+    let d = max_abs_diff(&merged, &want);
+    assert!(d <= 1e-4, "merged inputs_embeds: max abs diff {d}");
+}
