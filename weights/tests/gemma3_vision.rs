@@ -70,10 +70,24 @@ fn build_from(
 
 /// Runs the graph on `batch` copies of the golden image; returns (shape, features).
 fn run(dir: &Path, g: &Golden, batch: usize) -> (Vec<i64>, Vec<f32>) {
-    let mut session = session(&dir.join(siglip::GRAPH));
     let mut shape = g.pixel_shape.clone();
     shape[0] = batch as i64;
     let pixels: Vec<f32> = (0..batch).flat_map(|_| g.pixels.iter().copied()).collect();
+    run_batch(
+        dir,
+        &Golden {
+            pixels,
+            pixel_shape: shape,
+            features: Vec::new(),
+            feature_shape: Vec::new(),
+        },
+    )
+}
+
+/// Runs the graph on `g.pixels` as they are (shape `g.pixel_shape`).
+fn run_batch(dir: &Path, g: &Golden) -> (Vec<i64>, Vec<f32>) {
+    let mut session = session(&dir.join(siglip::GRAPH));
+    let (shape, pixels) = (g.pixel_shape.clone(), g.pixels.clone());
     let out = session
         .run(vec![(
             siglip::PIXEL_VALUES.to_string(),
@@ -153,18 +167,41 @@ fn vision_features_at_real_geometry_fp32() {
     assert!(d <= 1e-4, "896 px image features: max abs diff {d} > 1e-4");
 }
 
-/// Two images in one batch (the batch dimension is symbolic all the way through).
+/// Two different images in one batch (the batch dimension is symbolic all the way through, and
+/// no op mixes images): the golden image's row matches transformers, the other row matches the
+/// same graph run on that image alone.
 #[test]
 fn vision_batch_of_two() {
     let g = golden();
     let (tmp, _) = build(Dtype::Fp32, Scheme::None);
-    let (shape, f) = run(tmp.path(), &g, 2);
+    // The second image: the golden one mirrored (pixel order reversed).
+    let other = Golden {
+        pixels: g.pixels.iter().rev().copied().collect(),
+        pixel_shape: g.pixel_shape.clone(),
+        features: Vec::new(),
+        feature_shape: g.feature_shape.clone(),
+    };
+    let (_, alone) = run(tmp.path(), &other, 1);
+    let both = Golden {
+        pixels: g.pixels.iter().chain(&other.pixels).copied().collect(),
+        pixel_shape: vec![2, 3, g.pixel_shape[2], g.pixel_shape[3]],
+        features: Vec::new(),
+        feature_shape: Vec::new(),
+    };
+    let (shape, f) = run_batch(tmp.path(), &both);
     assert_eq!(shape[0], 2);
     let n = g.features.len();
-    for i in 0..2 {
-        let d = max_abs_diff(&f[i * n..(i + 1) * n], &g.features);
-        assert!(d <= 1e-4, "image {i} of the batch: max abs diff {d}");
-    }
+    let d0 = max_abs_diff(&f[..n], &g.features);
+    assert!(d0 <= 1e-4, "image 0 of the batch: max abs diff {d0}");
+    let d1 = max_abs_diff(&f[n..], &alone);
+    assert!(
+        d1 <= 1e-5,
+        "image 1 of the batch vs alone: max abs diff {d1}"
+    );
+    assert!(
+        max_abs_diff(&alone, &g.features) > 0.1,
+        "the two images should differ"
+    );
 }
 
 /// int8 weight-only on the tower's q/k/v, out_proj, fc1 and fc2: symmetric RTN (MatMulNBits,
