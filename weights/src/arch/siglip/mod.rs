@@ -231,7 +231,6 @@ pub fn emit(
     let pos = cx.weight(&format!("{t}embeddings.position_embedding_plus_bias"), &pos)?;
     let mut residual = cx.g.op("/vision/embeddings/Add", "Add", &[&pe, &pos], &[]);
 
-    let eps = [("epsilon", Attr::Float(spec.eps))];
     // The last fc2 output and its bias, not yet added to the residual.
     let mut pending: Option<(String, String)> = None;
     for i in 0..spec.layers {
@@ -245,7 +244,7 @@ pub fn emit(
                 &format!("/{l}/layer_norm1/LayerNormalization"),
                 "LayerNormalization",
                 &[&residual, &ln1w, &ln1b],
-                &[("axis", Attr::Int(-1)), eps[0].clone()],
+                &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(spec.eps))],
             ),
             Some((prev, prev_bias)) => {
                 let (h, sum) = skip_layer_norm(
