@@ -4,6 +4,7 @@ pub mod decoder;
 pub mod gemma3;
 pub mod graph;
 pub mod rope;
+pub mod siglip;
 pub mod weights;
 
 use crate::onnx::DataType;

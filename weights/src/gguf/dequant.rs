@@ -1,6 +1,8 @@
 //! ggml block formats to f32 (the reference layouts from ggml-quants.c: 32-element blocks, an f16
 //! scale first; 4-bit types keep elements 0..16 in the low nibbles and 16..32 in the high ones).
+//! The 5-bit and K-quant types are in [`super::kquants`].
 
+use super::kquants;
 use super::reader::GgmlType;
 use half::{bf16, f16};
 
@@ -39,6 +41,23 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut Vec<f32>) {
                 let qs = &b[4..];
                 out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
                 out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+            }
+        }
+        _ => {
+            let (_, size) = ty.block();
+            let f: fn(&[u8], &mut Vec<f32>) = match ty {
+                GgmlType::Q5_0 => kquants::q5_0,
+                GgmlType::Q5_1 => kquants::q5_1,
+                GgmlType::Q2K => kquants::q2_k,
+                GgmlType::Q3K => kquants::q3_k,
+                GgmlType::Q4K => kquants::q4_k,
+                GgmlType::Q5K => kquants::q5_k,
+                GgmlType::Q6K => kquants::q6_k,
+                GgmlType::Q8K => kquants::q8_k,
+                _ => unreachable!("handled above"),
+            };
+            for b in data.chunks_exact(size) {
+                f(b, out);
             }
         }
     }

@@ -3,6 +3,8 @@
 //! the chat template rebuilt from the `tokenizer.*` keys.
 
 pub mod dequant;
+pub mod gemma3;
+pub mod kquants;
 pub mod reader;
 pub mod tokenizer;
 

@@ -55,6 +55,14 @@ pub enum GgmlType {
     Q4_1,
     Q8_0,
     Bf16,
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
 }
 
 impl GgmlType {
@@ -64,10 +72,37 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2K,
+            11 => GgmlType::Q3K,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
+            15 => GgmlType::Q8K,
             30 => GgmlType::Bf16,
             _ => return None,
         })
+    }
+    /// ggml's name for the type (`Q4_K`, `F32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Bf16 => "BF16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q2K => "Q2_K",
+            GgmlType::Q3K => "Q3_K",
+            GgmlType::Q4K => "Q4_K",
+            GgmlType::Q5K => "Q5_K",
+            GgmlType::Q6K => "Q6_K",
+            GgmlType::Q8K => "Q8_K",
+        }
     }
     /// (elements per block, bytes per block).
     pub fn block(self) -> (usize, usize) {
@@ -77,6 +112,14 @@ impl GgmlType {
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
             GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
+            GgmlType::Q2K => (256, 84),
+            GgmlType::Q3K => (256, 110),
+            GgmlType::Q4K => (256, 144),
+            GgmlType::Q5K => (256, 176),
+            GgmlType::Q6K => (256, 210),
+            GgmlType::Q8K => (256, 292),
         }
     }
 }
@@ -219,14 +262,17 @@ impl Gguf {
             };
             let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
                 terr(format!(
-                    "ggml type {ty_id} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
+                    "ggml type {ty_id} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, \
+                     Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)"
                 ))
             })?;
             let count: usize = dims.iter().product();
             let (per, bytes) = ty.block();
-            if !count.is_multiple_of(per) {
+            // Blocks never straddle rows: the innermost dimension is whole blocks.
+            let row = dims.first().copied().unwrap_or(1);
+            if !row.is_multiple_of(per) {
                 return Err(terr(format!(
-                    "{count} elements are not whole {per}-element blocks"
+                    "rows of {row} elements are not whole {per}-element blocks"
                 )));
             }
             let len = count / per * bytes;
