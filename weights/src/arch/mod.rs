@@ -1,7 +1,11 @@
 //! Architecture descriptions and graph builders.
 
+pub mod clip;
 pub mod decoder;
+pub mod nn;
 pub mod rope;
+pub mod t5;
+pub mod vae;
 pub mod weights;
 
 use crate::onnx::DataType;
