@@ -339,11 +339,23 @@ pub struct BuiltGraph {
     pub reports: Vec<TensorReport>,
 }
 
-/// Writes `<out_dir>/<file>` and `<out_dir>/<file>.data` from what `body` adds to the graph.
+/// Writes `<out_dir>/<file>` and `<out_dir>/<file>.data` from what `body` adds to the graph, at
+/// the default ONNX opset.
 pub fn write_graph(
     out_dir: &Path,
     file: &str,
     dtype: Dtype,
+    body: impl FnOnce(&mut Net) -> Result<(), Error>,
+) -> Result<BuiltGraph, Error> {
+    write_graph_at(out_dir, file, dtype, ONNX_OPSET, body)
+}
+
+/// [`write_graph`] at a given ONNX opset.
+pub fn write_graph_at(
+    out_dir: &Path,
+    file: &str,
+    dtype: Dtype,
+    opset: i64,
     body: impl FnOnce(&mut Net) -> Result<(), Error>,
 ) -> Result<BuiltGraph, Error> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
@@ -354,10 +366,7 @@ pub fn write_graph(
         body(&mut net)?;
         net.reports
     };
-    let data_entry = g.finish(
-        &out_dir.join(file),
-        &[("", ONNX_OPSET), (MS_DOMAIN, MS_OPSET)],
-    )?;
+    let data_entry = g.finish(&out_dir.join(file), &[("", opset), (MS_DOMAIN, MS_OPSET)])?;
     Ok(BuiltGraph {
         graph: file.to_string(),
         data,

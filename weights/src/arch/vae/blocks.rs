@@ -5,7 +5,7 @@
 use super::{VaeConfig, IMAGE, LATENT, LATENT_LOGVAR, LATENT_MEAN};
 use crate::arch::nn::Net;
 use crate::checkpoint::{Tensor, TensorSource};
-use crate::onnx::{Attr, DataType, Dim};
+use crate::onnx::{Attr, Dim};
 use crate::quant::Scheme;
 use crate::Error;
 
@@ -170,11 +170,11 @@ pub fn build_encoder(cfg: &VaeConfig, src: &dyn TensorSource, net: &mut Net) -> 
         2,
         &[("axis", Attr::Int(1)), ("num_outputs", Attr::Int(2))],
     );
+    // The clamp as Max/Min: ONNX Runtime's CUDA Clip has no bf16 kernel.
     let lo = v.net.scalar("/vae/logvar/min", -30.0);
     let hi = v.net.scalar("/vae/logvar/max", 20.0);
-    let logvar = v
-        .net
-        .op("/vae/logvar/Clip", "Clip", &[&parts[1], &lo, &hi], &[]);
+    let logvar = v.net.op("/vae/logvar/Max", "Max", &[&parts[1], &lo], &[]);
+    let logvar = v.net.op("/vae/logvar/Min", "Min", &[&logvar, &hi], &[]);
     for (from, to) in [(&parts[0], LATENT_MEAN), (&logvar, LATENT_LOGVAR)] {
         v.net.g.node_with(
             &format!("/vae/{to}"),
@@ -211,15 +211,6 @@ pub fn build_decoder(cfg: &VaeConfig, src: &dyn TensorSource, net: &mut Net) -> 
     x = v.conv("decoder.conv_in", &x, l, top, 3)?;
     x = v.mid_block("decoder.mid_block", &x, top, cfg.mid_block_add_attention)?;
 
-    let scales = v.net.g.const_raw(
-        "/vae/upsample/scales",
-        DataType::Float,
-        &[4],
-        [1f32, 1.0, 2.0, 2.0]
-            .iter()
-            .flat_map(|f| f.to_le_bytes())
-            .collect(),
-    );
     let mut cin = top;
     for (i, &cout) in ch.iter().rev().enumerate() {
         let p = format!("decoder.up_blocks.{i}");
@@ -228,20 +219,7 @@ pub fn build_decoder(cfg: &VaeConfig, src: &dyn TensorSource, net: &mut Net) -> 
             cin = cout;
         }
         if i + 1 < ch.len() {
-            // Upsample2D: nearest ×2 (each pixel repeated: asymmetric + floor), then a 3×3 conv.
-            x = v.net.op(
-                &format!("/{p}/upsamplers.0/Resize"),
-                "Resize",
-                &[&x, "", &scales],
-                &[
-                    ("mode", Attr::Str("nearest".into())),
-                    (
-                        "coordinate_transformation_mode",
-                        Attr::Str("asymmetric".into()),
-                    ),
-                    ("nearest_mode", Attr::Str("floor".into())),
-                ],
-            );
+            x = upsample_nearest2x(v.net, &format!("/{p}/upsamplers.0"), &x);
             x = v.conv(&format!("{p}.upsamplers.0.conv"), &x, cout, cout, 3)?;
         }
     }
@@ -256,4 +234,22 @@ pub fn build_decoder(cfg: &VaeConfig, src: &dyn TensorSource, net: &mut Net) -> 
         &[],
     );
     Ok(())
+}
+
+/// Upsample2D's nearest-neighbour ×2 (every pixel repeated 2×2), as a broadcast: `[b, c, h, w]`
+/// → `[b, c, h, 1, w, 1]` → Expand `[b, c, h, 2, w, 2]` → `[b, c, 2h, 2w]`. Resize would do the
+/// same but has no bf16 kernel in ONNX Runtime's CUDA provider; Expand and Reshape have.
+fn upsample_nearest2x(net: &mut Net, name: &str, x: &str) -> String {
+    let axes = net.g.const_i64(&format!("{name}/axes"), &[2], &[3, 5]);
+    let rep = net
+        .g
+        .const_i64(&format!("{name}/repeat"), &[6], &[1, 1, 1, 2, 1, 2]);
+    let twice = net
+        .g
+        .const_i64(&format!("{name}/twice"), &[4], &[1, 1, 2, 2]);
+    let u = net.op(&format!("{name}/Unsqueeze"), "Unsqueeze", &[x, &axes], &[]);
+    let e = net.op(&format!("{name}/Expand"), "Expand", &[&u, &rep], &[]);
+    let shape = net.op(&format!("{name}/Shape"), "Shape", &[x], &[]);
+    let shape = net.op(&format!("{name}/OutShape"), "Mul", &[&shape, &twice], &[]);
+    net.op(&format!("{name}/Reshape"), "Reshape", &[&e, &shape], &[])
 }

@@ -27,6 +27,9 @@ pub const LATENT: &str = "latent";
 /// Decoder output and encoder input: `[batch, 3, 8·latent_height, 8·latent_width]` in [−1, 1].
 pub const IMAGE: &str = "image";
 pub const LATENT_MEAN: &str = "latent_mean";
+/// The VAE graphs use ONNX opset 22, the first whose Conv accepts bfloat16 (ONNX Runtime's CUDA
+/// provider has bf16 Conv kernels from that version on); the text encoders stay at the default.
+pub const OPSET: i64 = 22;
 pub const LATENT_LOGVAR: &str = "latent_logvar";
 
 /// `vae/config.json` (diffusers `AutoencoderKL`).
@@ -144,7 +147,7 @@ impl VaeConfig {
 pub fn build_decoder_dir(dir: &Path, out_dir: &Path, dtype: Dtype) -> Result<BuiltGraph, Error> {
     let cfg = VaeConfig::load(dir)?;
     let src = SafetensorsSource::open_component(dir)?;
-    nn::write_graph(out_dir, DECODER_GRAPH, dtype, |net| {
+    nn::write_graph_at(out_dir, DECODER_GRAPH, dtype, OPSET, |net| {
         build_decoder(&cfg, &src, net)
     })
 }
@@ -156,7 +159,7 @@ pub fn build_decoder_dir(dir: &Path, out_dir: &Path, dtype: Dtype) -> Result<Bui
 pub fn build_encoder_dir(dir: &Path, out_dir: &Path, dtype: Dtype) -> Result<BuiltGraph, Error> {
     let cfg = VaeConfig::load(dir)?;
     let src = SafetensorsSource::open_component(dir)?;
-    nn::write_graph(out_dir, ENCODER_GRAPH, dtype, |net| {
+    nn::write_graph_at(out_dir, ENCODER_GRAPH, dtype, OPSET, |net| {
         build_encoder(&cfg, &src, net)
     })
 }
