@@ -162,6 +162,53 @@ fn clip_pools_at_first_eos_for_new_configs() {
     );
 }
 
+/// The fixture's CLIP as checkpoints saved by transformers 4 (FLUX.1-dev's) name it: every
+/// tensor under `text_model.`.
+struct TextModelPrefixed(SafetensorsSource);
+
+impl TensorSource for TextModelPrefixed {
+    fn get(&self, name: &str) -> Result<cog_weights::checkpoint::Tensor, cog_weights::Error> {
+        match name.strip_prefix("text_model.") {
+            Some(inner) => self.0.get(inner),
+            None => Err(cog_weights::Error::MissingTensor {
+                file: PathBuf::from("prefixed"),
+                tensor: name.to_string(),
+            }),
+        }
+    }
+    fn contains(&self, name: &str) -> bool {
+        name.strip_prefix("text_model.")
+            .is_some_and(|n| self.0.contains(n))
+    }
+    fn file_of(&self, name: &str) -> PathBuf {
+        self.0.file_of(name)
+    }
+}
+
+#[test]
+fn clip_reads_text_model_prefixed_checkpoints() {
+    let g = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = clip::ClipTextConfig::load(&dir("text_encoder")).unwrap();
+    let src = TextModelPrefixed(SafetensorsSource::open_component(&dir("text_encoder")).unwrap());
+    let built = nn::write_graph(tmp.path(), clip::GRAPH, Dtype::Fp32, |net| {
+        clip::build(&cfg, &src, net)
+    })
+    .unwrap();
+    let out = run(
+        &tmp.path().join(&built.graph),
+        clip::INPUT_IDS,
+        int_input(ids(&g["clip"]["input_ids"])),
+        &[clip::POOLED_OUTPUT],
+    );
+    check(
+        "clip pooled (text_model. names)",
+        &out[0].1,
+        &floats(&g["clip"]["pooled_output"]),
+        TOL,
+    );
+}
+
 fn t5_graph(out: &Path, scheme: Scheme) -> PathBuf {
     let built = t5::build_dir(&dir("text_encoder_2"), out, Dtype::Fp32, scheme).unwrap();
     for r in &built.reports {
@@ -454,5 +501,35 @@ fn bf16_graphs_pass_type_inference() {
                 );
             }
         }
+    }
+}
+
+/// The pipeline-level builder writes the four graph pairs, and the manifest entries it returns
+/// are the data files' real sizes and digests.
+#[test]
+fn pipeline_builder_writes_all_graphs() {
+    use cog_weights::arch::flux_encoders::{self, EncoderOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = EncoderOptions {
+        t5_linear: Scheme::Rtn { bits: 8, block: 32 },
+        ..EncoderOptions::default()
+    };
+    let graphs = flux_encoders::build(&fixture("flux_encoders"), tmp.path(), &opts).unwrap();
+    let names: Vec<&str> = graphs.all().iter().map(|g| g.graph.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "clip.onnx",
+            "t5.onnx",
+            "vae_decoder.onnx",
+            "vae_encoder.onnx"
+        ]
+    );
+    assert!(!graphs.t5.reports.is_empty(), "T5 linears were quantised");
+    for g in graphs.all() {
+        assert_eq!(g.dtype, Dtype::Bf16);
+        assert!(tmp.path().join(&g.graph).is_file());
+        let entry = cog_weights::build::hash_file(&tmp.path().join(&g.data)).unwrap();
+        assert_eq!(entry, g.data_entry, "{}", g.data);
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod decoder;
+pub mod flux_encoders;
 pub mod nn;
 pub mod rope;
 pub mod t5;
