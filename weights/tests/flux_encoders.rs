@@ -533,3 +533,68 @@ fn pipeline_builder_writes_all_graphs() {
         assert_eq!(entry, g.data_entry, "{}", g.data);
     }
 }
+
+/// FLUX.1-dev's own component configs parse, and read as the graphs need them.
+#[test]
+fn flux_dev_configs_parse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, json: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), json).unwrap();
+        d
+    };
+    let c = clip::ClipTextConfig::load(&write(
+        "text_encoder",
+        r#"{"_name_or_path": "openai/clip-vit-large-patch14", "architectures": ["CLIPTextModel"],
+        "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0, "eos_token_id": 2,
+        "hidden_act": "quick_gelu", "hidden_size": 768, "initializer_factor": 1.0,
+        "initializer_range": 0.02, "intermediate_size": 3072, "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 77, "model_type": "clip_text_model", "num_attention_heads": 12,
+        "num_hidden_layers": 12, "pad_token_id": 1, "projection_dim": 768,
+        "torch_dtype": "bfloat16", "transformers_version": "4.43.3", "vocab_size": 49408}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.hidden_size, c.num_hidden_layers, c.eos_token_id),
+        (768, 12, 2)
+    );
+    let t = t5::T5Config::load(&write(
+        "text_encoder_2",
+        r#"{"_name_or_path": "google/t5-v1_1-xxl", "architectures": ["T5EncoderModel"],
+        "classifier_dropout": 0.0, "d_ff": 10240, "d_kv": 64, "d_model": 4096,
+        "decoder_start_token_id": 0, "dense_act_fn": "gelu_new", "dropout_rate": 0.1,
+        "eos_token_id": 1, "feed_forward_proj": "gated-gelu", "initializer_factor": 1.0,
+        "is_encoder_decoder": true, "is_gated_act": true, "layer_norm_epsilon": 1e-06,
+        "model_type": "t5", "num_decoder_layers": 24, "num_heads": 64, "num_layers": 24,
+        "output_past": true, "pad_token_id": 0, "relative_attention_max_distance": 128,
+        "relative_attention_num_buckets": 32, "tie_word_embeddings": false,
+        "torch_dtype": "bfloat16", "transformers_version": "4.43.3", "use_cache": true,
+        "vocab_size": 32128}"#,
+    ))
+    .unwrap();
+    assert!(t.gated());
+    assert_eq!(t.act(), "gelu_new");
+    assert_eq!(
+        (t.d_model, t.num_heads * t.d_kv, t.num_layers),
+        (4096, 4096, 24)
+    );
+    let v = vae::VaeConfig::load(&write(
+        "vae",
+        r#"{"_class_name": "AutoencoderKL", "_diffusers_version": "0.30.0.dev0", "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D",
+                             "DownEncoderBlock2D"],
+        "force_upcast": true, "in_channels": 3, "latent_channels": 16, "latents_mean": null,
+        "latents_std": null, "layers_per_block": 2, "mid_block_add_attention": true,
+        "norm_num_groups": 32, "out_channels": 3, "sample_size": 1024, "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D",
+                           "UpDecoderBlock2D"],
+        "use_post_quant_conv": false, "use_quant_conv": false}"#,
+    ))
+    .unwrap();
+    assert_eq!((v.latent_channels, v.scale_factor()), (16, 8));
+    assert!(!v.use_quant_conv && !v.use_post_quant_conv);
+    assert_eq!((v.scaling_factor, v.shift_factor), (0.3611, Some(0.1159)));
+}
