@@ -5,8 +5,8 @@ Writes weights/fixtures/flux_encoders/ in the diffusers pipeline layout:
                    positions; vocab 1000, hidden 32, 4 heads, 2 layers) with eos_token_id 2 as
                    FLUX.1-dev's config has it (pooling then takes the position of the largest id).
 - text_encoder_2/  T5EncoderModel (T5 v1.1 structure: gated-gelu with gelu_new, RMS norm, relative
-                   position bias with 32 buckets / max_distance 128; d_model 32, 2 heads of 16,
-                   2 layers, vocab 512).
+                   position bias with 32 buckets / max_distance 128; d_model 32, 2 heads of 8 (so
+                   the attention width 16 differs from d_model), 2 layers, vocab 512).
 - vae/             AutoencoderKL as FLUX's (latent 16, no quant_conv / post_quant_conv, mid-block
                    attention, 4 levels so the scale factor is 8) with block_out_channels
                    [8, 8, 16, 16], norm_num_groups 4, layers_per_block 1.
@@ -89,7 +89,7 @@ def clip(golden):
 
 
 def t5(golden):
-    cfg = T5Config(vocab_size=512, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+    cfg = T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
                    relative_attention_num_buckets=32, relative_attention_max_distance=128,
                    feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, is_encoder_decoder=False,
                    use_cache=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
