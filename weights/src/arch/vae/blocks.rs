@@ -88,15 +88,18 @@ impl Vae<'_, '_, '_> {
         let q = proj(self, "to_q", &t)?;
         let k = proj(self, "to_k", &t)?;
         let v = proj(self, "to_v", &t)?;
-        let a = self.net.attention(
-            &format!("{p}/attn"),
-            &q,
-            &k,
-            &v,
-            1,
-            c,
-            (c as f32).powf(-0.5),
-            None,
+        // com.microsoft MultiHeadAttention rather than MatMul/Softmax/MatMul: at 1024² the mid
+        // block attends over 128² positions, and at 2048² a materialised score matrix would be
+        // 65536² elements; ONNX Runtime's CUDA kernel can run it without one (memory-efficient
+        // attention, head sizes up to 1024 in half precision).
+        let a = self.net.ms_op(
+            &format!("/{p}/attn/MultiHeadAttention"),
+            "MultiHeadAttention",
+            &[&q, &k, &v],
+            &[
+                ("num_heads", Attr::Int(1)),
+                ("scale", Attr::Float((c as f32).powf(-0.5))),
+            ],
         );
         let o = proj(self, "to_out.0", &a)?;
         let o = self.net.op(
