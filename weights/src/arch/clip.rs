@@ -11,7 +11,7 @@
 //! otherwise the first position equal to `eos_token_id`. LayerNorm is per row, so normalising
 //! only the pooled rows equals normalising everything and then picking.
 
-use super::nn::{self, get_any, BuiltGraph, Net};
+use super::nn::{self, BuiltGraph, Net};
 use super::Dtype;
 use crate::checkpoint::safetensors::SafetensorsSource;
 use crate::checkpoint::{read_json, TensorSource};
@@ -102,7 +102,7 @@ pub fn build(cfg: &ClipTextConfig, src: &dyn TensorSource, net: &mut Net) -> Res
     } else {
         ""
     };
-    let get = |name: &str, shape: &[usize]| get_any(src, &[format!("{prefix}{name}")], shape);
+    let get = |name: &str, shape: &[usize]| src.get_shaped(&format!("{prefix}{name}"), shape);
 
     net.g.input(
         INPUT_IDS,
