@@ -1,10 +1,15 @@
 //! Architecture descriptions and graph builders.
 
+pub mod clip;
 pub mod decoder;
+pub mod flux_encoders;
 pub mod gemma3;
 pub mod graph;
+pub mod nn;
 pub mod rope;
 pub mod siglip;
+pub mod t5;
+pub mod vae;
 pub mod weights;
 
 use crate::onnx::DataType;

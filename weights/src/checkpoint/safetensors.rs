@@ -38,7 +38,27 @@ const MAX_HEADER: u64 = 100 << 20;
 impl SafetensorsSource {
     /// Opens `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Self, Error> {
-        let index = dir.join("model.safetensors.index.json");
+        Self::open_dir_stem(dir, "model")
+    }
+
+    /// A pipeline component folder: transformers names its weights `model.*`, diffusers
+    /// `diffusion_pytorch_model.*`; whichever is present (single file or index) is opened.
+    pub fn open_component(dir: &Path) -> Result<Self, Error> {
+        const DIFFUSERS: &str = "diffusion_pytorch_model";
+        let has = |stem: &str| {
+            dir.join(format!("{stem}.safetensors")).exists()
+                || dir.join(format!("{stem}.safetensors.index.json")).exists()
+        };
+        if !has("model") && has(DIFFUSERS) {
+            Self::open_dir_stem(dir, DIFFUSERS)
+        } else {
+            Self::open_dir_stem(dir, "model")
+        }
+    }
+
+    /// Opens `{stem}.safetensors`, or the shards listed by `{stem}.safetensors.index.json`.
+    fn open_dir_stem(dir: &Path, stem: &str) -> Result<Self, Error> {
+        let index = dir.join(format!("{stem}.safetensors.index.json"));
         let files: Vec<PathBuf> = if index.exists() {
             #[derive(serde::Deserialize)]
             struct Index {
@@ -50,11 +70,11 @@ impl SafetensorsSource {
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
         } else {
-            let single = dir.join("model.safetensors");
+            let single = dir.join(format!("{stem}.safetensors"));
             if !single.exists() {
                 return Err(Error::MissingFile {
                     path: single,
-                    why: "no model.safetensors and no model.safetensors.index.json".into(),
+                    why: format!("no {stem}.safetensors and no {stem}.safetensors.index.json"),
                 });
             }
             vec![single]

@@ -221,6 +221,26 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// A small inline constant of any type (scalars, masks of a few elements), not a weight.
+    /// `bytes` is little-endian raw data of `dtype` with shape `dims`.
+    pub fn const_raw(
+        &mut self,
+        name: &str,
+        dtype: DataType,
+        dims: &[usize],
+        bytes: Vec<u8>,
+    ) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>() * dtype.size(), bytes.len());
+        self.initializers.push(proto::TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: dtype as i32,
+            name: name.to_string(),
+            raw_data: bytes,
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// Adds a node with explicit output names.
     pub fn node_with(
         &mut self,
