@@ -1,6 +1,7 @@
 //! Architecture descriptions and graph builders.
 
 pub mod decoder;
+pub mod flux;
 pub mod rope;
 pub mod weights;
 
