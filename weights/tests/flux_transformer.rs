@@ -199,6 +199,13 @@ fn lora_slots_switch_in_one_session() {
     let both = Slots::pack(&[&l1, &l2]).expect("packing");
     let only1 = Slots::pack(&[&l1]).expect("packing");
     let spec = LoraSlotSpec::from_slots(&both);
+    let fix = fixture("flux_transformer");
+    let from_files = LoraSlotSpec::from_lora_files(&[
+        &fix.join("lora_peft.safetensors"),
+        &fix.join("lora_kohya.safetensors"),
+    ])
+    .unwrap();
+    assert_eq!(from_files, spec);
     let opts = TransformerOptions {
         lora: Some(spec.clone()),
         time_frequencies: Some(g.torch_frequencies()),
@@ -450,6 +457,38 @@ fn fp16_graph_runs_with_lora_slots() {
             0.01 * peak(&want),
         );
     }
+}
+
+/// bf16 builds (ONNX Runtime's CPU provider cannot run it; the fp16 test above covers the same
+/// half-precision graph): weights in bf16, activations and slots declared bf16, sigmas float32.
+#[test]
+fn bf16_graph_builds() {
+    let (l1, l2) = (
+        load_lora("lora_peft.safetensors"),
+        load_lora("lora_kohya.safetensors"),
+    );
+    let both = Slots::pack(&[&l1, &l2]).unwrap();
+    let opts = TransformerOptions {
+        lora: Some(LoraSlotSpec::from_slots(&both)),
+        ..TransformerOptions::new(Dtype::Bf16)
+    };
+    let (_tmp, dir, engine) = compile(&opts);
+    assert_eq!(engine.dtype, "bfloat16");
+    let (_tmp32, dir32, _) = compile(&TransformerOptions {
+        dtype: Dtype::Fp32,
+        ..opts
+    });
+    let size = |d: &PathBuf| {
+        std::fs::metadata(d.join("transformer.onnx.data"))
+            .unwrap()
+            .len()
+    };
+    let (half, full) = (size(&dir), size(&dir32));
+    // Every weight halves; the float64 RoPE table and float32 scalars stay as they are.
+    assert!(
+        half * 2 < full + 8192 && half * 2 > full - 8192,
+        "{half} vs {full}"
+    );
 }
 
 #[test]

@@ -142,6 +142,28 @@ impl LoraSlotSpec {
             modules: slots.modules.keys().cloned().collect(),
         }
     }
+
+    /// The spec for these LoRA files (either key layout), packed in the given order: the union
+    /// of their target modules, rank the sum of their largest ranks.
+    pub fn from_lora_files(files: &[&Path]) -> Result<Self, Error> {
+        let loras = files
+            .iter()
+            .map(|p| {
+                super::lora::load(p).map_err(|e| Error::Config {
+                    path: p.to_path_buf(),
+                    msg: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&super::lora::Lora> = loras.iter().collect();
+        let slots = Slots::pack(&refs).map_err(|e| Error::Config {
+            path: files
+                .first()
+                .map_or_else(Default::default, |p| p.to_path_buf()),
+            msg: e.to_string(),
+        })?;
+        Ok(Self::from_slots(&slots))
+    }
 }
 
 /// `transformer.json`.
