@@ -22,7 +22,7 @@ use cog_weights::arch::flux::{embed, lora};
 use cog_weights::arch::Dtype;
 use cog_weights::checkpoint::safetensors::SafetensorsSource;
 use cog_weights::checkpoint::{Tensor as CkTensor, TensorSource};
-use cog_weights::onnx::{GraphBuilder, MS_DOMAIN, MS_OPSET, ONNX_OPSET};
+use cog_weights::onnx::{GraphBuilder, MS_DOMAIN, MS_OPSET};
 use cog_weights::quant::{self, Scheme};
 use common::*;
 use ort::session::Session;
@@ -131,7 +131,11 @@ fn peak(v: &[f32]) -> f32 {
 #[test]
 fn fp32_matches_diffusers_without_lora() {
     let g = Golden::load();
-    for kind in [AttentionKind::Plain, AttentionKind::MultiHead] {
+    for kind in [
+        AttentionKind::Plain,
+        AttentionKind::MultiHead,
+        AttentionKind::Onnx23,
+    ] {
         for torch_table in [true, false] {
             let opts = TransformerOptions {
                 attention: kind,
@@ -364,7 +368,7 @@ fn quantized(scheme: Scheme, rel_tol: f32) {
     emit(&cfg, &src, &mut gb, &ref_opts).unwrap();
     gb.finish(
         &ref_dir.path().join("m.onnx"),
-        &[("", ONNX_OPSET), (MS_DOMAIN, MS_OPSET)],
+        &[("", opts.attention.opset()), (MS_DOMAIN, MS_OPSET)],
     )
     .unwrap();
     let mut reference = session(&ref_dir.path().join("m.onnx"));
@@ -418,44 +422,43 @@ fn fp16_graph_runs_with_lora_slots() {
         load_lora("lora_kohya.safetensors"),
     );
     let both = Slots::pack(&[&l1, &l2]).unwrap();
-    let opts = TransformerOptions {
-        lora: Some(LoraSlotSpec::from_slots(&both)),
-        ..TransformerOptions::new(Dtype::Fp16)
-    };
-    let (_tmp, dir, engine) = compile(&opts);
-    assert_eq!(engine.dtype, "float16");
-    let mut s = session(&dir.join(&engine.graph));
-    let half = |v: DynValue| -> DynValue {
-        let (shape, data) = v.try_extract_tensor::<f32>().unwrap();
-        let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
-        Tensor::from_array((shape.to_vec(), h)).unwrap().into_dyn()
-    };
-    // Activations and slot tensors in fp16; timestep, guidance and ids stay float32.
-    let keep_f32 = ["timestep", "guidance", "img_ids", "txt_ids"];
-    for case in ["off", "both"] {
-        let mut inputs = model_inputs(&g);
-        inputs.extend(slot_inputs(&engine, &both, &g.scales(case)));
-        let inputs: Vec<(String, DynValue)> = inputs
-            .into_iter()
-            .map(|(n, v)| {
-                let v = if keep_f32.contains(&n.as_str()) {
-                    v
-                } else {
-                    half(v)
-                };
-                (n, v)
-            })
-            .collect();
-        let out = s.run(inputs).expect("run");
-        let (_, data) = out["sample"].try_extract_tensor::<f16>().unwrap();
-        let got: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
-        let want = g.sample(case);
-        check(
-            &format!("fp16 {case} (peak {:.2})", peak(&want)),
-            &got,
-            &want,
-            0.01 * peak(&want),
-        );
+    for kind in [AttentionKind::Plain, AttentionKind::Onnx23] {
+        let opts = TransformerOptions {
+            lora: Some(LoraSlotSpec::from_slots(&both)),
+            attention: kind,
+            ..TransformerOptions::new(Dtype::Fp16)
+        };
+        let (_tmp, dir, engine) = compile(&opts);
+        assert_eq!(engine.dtype, "float16");
+        let mut s = session(&dir.join(&engine.graph));
+        let half = |v: DynValue| -> DynValue {
+            let (shape, data) = v.try_extract_tensor::<f32>().unwrap();
+            let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+            Tensor::from_array((shape.to_vec(), h)).unwrap().into_dyn()
+        };
+        // Activations and slot tensors in fp16; timestep, guidance and ids stay float32.
+        let keep_f32 = ["timestep", "guidance", "img_ids", "txt_ids"];
+        for case in ["off", "both"] {
+            let mut inputs = model_inputs(&g);
+            inputs.extend(slot_inputs(&engine, &both, &g.scales(case)));
+            let inputs: Vec<(String, DynValue)> = inputs
+                .into_iter()
+                .map(|(n, v)| {
+                    let v = if keep_f32.contains(&n.as_str()) {
+                        v
+                    } else {
+                        half(v)
+                    };
+                    (n, v)
+                })
+                .collect();
+            let out = s.run(inputs).expect("run");
+            let (_, data) = out["sample"].try_extract_tensor::<f16>().unwrap();
+            let got: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
+            let want = g.sample(case);
+            let what = format!("fp16 {kind:?} {case} (peak {:.2})", peak(&want));
+            check(&what, &got, &want, 0.01 * peak(&want));
+        }
     }
 }
 

@@ -13,8 +13,22 @@ pub enum AttentionKind {
     /// dtypes, as SDPA accumulates): standard ops every execution provider runs.
     #[default]
     Plain,
-    /// com.microsoft MultiHeadAttention (fused kernels where the provider has them).
+    /// com.microsoft MultiHeadAttention: flash/memory-efficient kernels on CUDA, but ONNX
+    /// Runtime registers it for float and float16 only (no bf16 kernel).
     MultiHead,
+    /// The standard `Attention` operator (opset 23; the graph then imports opset 23): registered
+    /// on CUDA for float, float16 and bf16.
+    Onnx23,
+}
+
+impl AttentionKind {
+    /// The default-domain opset the graph must import.
+    pub fn opset(self) -> i64 {
+        match self {
+            AttentionKind::Onnx23 => 23,
+            _ => crate::onnx::ONNX_OPSET,
+        }
+    }
 }
 
 /// `q`, `k`, `v`: [batch, S, heads, head_dim] (q/k normalised and rotated). Returns
@@ -29,6 +43,22 @@ pub(super) fn attention(
 ) -> Result<String, Error> {
     let scale = 1.0 / (head_dim as f32).sqrt();
     match kind {
+        AttentionKind::Onnx23 => {
+            let flat: Vec<String> = [("q", q), ("k", k), ("v", v)]
+                .iter()
+                .map(|(n, x)| cx.reshape(&format!("{name}/{n}_flat"), x, &[0, 0, -1]))
+                .collect();
+            Ok(cx.op(
+                &format!("{name}/Attention"),
+                "Attention",
+                &[&flat[0], &flat[1], &flat[2]],
+                &[
+                    ("q_num_heads", Attr::Int(heads as i64)),
+                    ("kv_num_heads", Attr::Int(heads as i64)),
+                    ("scale", Attr::Float(scale)),
+                ],
+            ))
+        }
         AttentionKind::MultiHead => {
             let flat: Vec<String> = [("q", q), ("k", k), ("v", v)]
                 .iter()

@@ -28,7 +28,7 @@ use crate::arch::Dtype;
 use crate::checkpoint::safetensors::SafetensorsSource;
 use crate::checkpoint::TensorSource;
 use crate::format::{FileEntry, FORMAT_VERSION};
-use crate::onnx::{Attr, DataType, Dim, GraphBuilder, MS_DOMAIN, MS_OPSET, ONNX_OPSET};
+use crate::onnx::{Attr, DataType, Dim, GraphBuilder, MS_DOMAIN, MS_OPSET};
 use crate::quant::{Scheme, TensorReport};
 use crate::Error;
 use blocks::Shared;
@@ -107,7 +107,7 @@ pub fn build_transformer(
     let (engine, reports) = emit(&cfg, &src, &mut g, opts)?;
     let data = g.finish(
         &out_dir.join(GRAPH_FILE),
-        &[("", ONNX_OPSET), (MS_DOMAIN, MS_OPSET)],
+        &[("", opts.attention.opset()), (MS_DOMAIN, MS_OPSET)],
     )?;
     write_json(&out_dir.join(ENGINE_FILE), &engine)?;
     let mut files = BTreeMap::new();
