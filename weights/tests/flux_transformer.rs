@@ -15,7 +15,7 @@ mod common;
 
 use cog_weights::arch::flux::slots::Slots;
 use cog_weights::arch::flux::{
-    build_transformer, emit, AttentionKind, FluxConfig, LoraSlotSpec, TransformerEngine,
+    build_transformer, emit, AttentionKind, FluxConfig, LoraSlotSpec, RopeKind, TransformerEngine,
     TransformerOptions,
 };
 use cog_weights::arch::flux::{embed, lora};
@@ -137,18 +137,21 @@ fn fp32_matches_diffusers_without_lora() {
         AttentionKind::Onnx23,
     ] {
         for torch_table in [true, false] {
-            let opts = TransformerOptions {
-                attention: kind,
-                time_frequencies: torch_table.then(|| g.torch_frequencies()),
-                ..TransformerOptions::new(Dtype::Fp32)
-            };
-            let (_tmp, dir, engine) = compile(&opts);
-            assert!(engine.lora.is_none());
-            let mut s = session(&dir.join(&engine.graph));
-            assert!(s.inputs().iter().all(|i| !i.name().starts_with("lora")));
-            let got = run(&mut s, model_inputs(&g), vec![]);
-            let what = format!("fp32 {kind:?}, torch's table {torch_table}, LoRA off");
-            check(&what, &got, &g.sample("off"), TOL);
+            for rope in [RopeKind::Exact, RopeKind::Fused] {
+                let opts = TransformerOptions {
+                    attention: kind,
+                    rope,
+                    time_frequencies: torch_table.then(|| g.torch_frequencies()),
+                    ..TransformerOptions::new(Dtype::Fp32)
+                };
+                let (_tmp, dir, engine) = compile(&opts);
+                assert!(engine.lora.is_none());
+                let mut s = session(&dir.join(&engine.graph));
+                assert!(s.inputs().iter().all(|i| !i.name().starts_with("lora")));
+                let got = run(&mut s, model_inputs(&g), vec![]);
+                let what = format!("fp32 {kind:?} {rope:?}, torch's table {torch_table}, LoRA off");
+                check(&what, &got, &g.sample("off"), TOL);
+            }
         }
     }
 }
@@ -434,10 +437,14 @@ fn fp16_graph_runs_with_lora_slots() {
         load_lora("lora_kohya.safetensors"),
     );
     let both = Slots::pack(&[&l1, &l2]).unwrap();
-    for kind in [AttentionKind::Plain, AttentionKind::Onnx23] {
+    for (kind, rope) in [
+        (AttentionKind::Plain, RopeKind::Exact),
+        (AttentionKind::Onnx23, RopeKind::Fused),
+    ] {
         let opts = TransformerOptions {
             lora: Some(LoraSlotSpec::from_slots(&both)),
             attention: kind,
+            rope,
             ..TransformerOptions::new(Dtype::Fp16)
         };
         let (_tmp, dir, engine) = compile(&opts);
@@ -468,10 +475,34 @@ fn fp16_graph_runs_with_lora_slots() {
             let (_, data) = out["sample"].try_extract_tensor::<f16>().unwrap();
             let got: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
             let want = g.sample(case);
-            let what = format!("fp16 {kind:?} {case} (peak {:.2})", peak(&want));
+            let what = format!("fp16 {kind:?} {rope:?} {case} (peak {:.2})", peak(&want));
             check(&what, &got, &want, 0.01 * peak(&want));
         }
     }
+}
+
+/// MultiHeadAttention in float16 inside an fp32 graph (the way a bf16 graph reaches the flash
+/// kernels). The CPU provider matches the fp32 result to 4e-5 here, i.e. it evidently runs the
+/// node in float32 (ONNX Runtime inserts casts around nodes it has no fp16 kernel for and drops
+/// the f32→f16→f32 pairs), so this checks the wiring and types, bounded by half-precision error.
+#[test]
+fn fp16_attention_in_fp32_graph() {
+    let g = Golden::load();
+    let opts = TransformerOptions {
+        attention: AttentionKind::MultiHeadFp16,
+        rope: RopeKind::Fused,
+        ..TransformerOptions::new(Dtype::Fp32)
+    };
+    let (_tmp, dir, engine) = compile(&opts);
+    let mut s = session(&dir.join(&engine.graph));
+    let got = run(&mut s, model_inputs(&g), vec![]);
+    let want = g.sample("off");
+    check(
+        "fp32 graph, fp16 MultiHeadAttention",
+        &got,
+        &want,
+        0.01 * peak(&want),
+    );
 }
 
 /// bf16 builds (ONNX Runtime's CPU provider cannot run it; the fp16 test above covers the same

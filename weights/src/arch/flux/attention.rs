@@ -16,6 +16,10 @@ pub enum AttentionKind {
     /// com.microsoft MultiHeadAttention: flash/memory-efficient kernels on CUDA, but ONNX
     /// Runtime registers it for float and float16 only (no bf16 kernel).
     MultiHead,
+    /// MultiHeadAttention in float16 whatever the compute dtype (q/k/v cast to float16 and the
+    /// output back): the flash kernels for a bf16 graph. q/k are RMS-normalised, but v is not, so
+    /// this assumes |v| stays below 65504.
+    MultiHeadFp16,
     /// The standard `Attention` operator (opset 23; the graph then imports opset 23): registered
     /// on CUDA for float, float16 and bf16.
     Onnx23,
@@ -59,25 +63,35 @@ pub(super) fn attention(
                 ],
             ))
         }
-        AttentionKind::MultiHead => {
+        AttentionKind::MultiHead | AttentionKind::MultiHeadFp16 => {
+            let cast = kind == AttentionKind::MultiHeadFp16 && cx.dtype != Dtype::Fp16;
             let flat: Vec<String> = [("q", q), ("k", k), ("v", v)]
                 .iter()
-                .map(|(n, x)| cx.reshape(&format!("{name}/{n}_flat"), x, &[0, 0, -1]))
+                .map(|(n, x)| {
+                    let f = cx.reshape(&format!("{name}/{n}_flat"), x, &[0, 0, -1]);
+                    if cast {
+                        cx.cast(&format!("{name}/{n}_fp16"), &f, DataType::Float16)
+                    } else {
+                        f
+                    }
+                })
                 .collect();
-            Ok(cx
-                .g
-                .node(
-                    &format!("{name}/MultiHeadAttention"),
-                    "MultiHeadAttention",
-                    MS_DOMAIN,
-                    &[&flat[0], &flat[1], &flat[2]],
-                    1,
-                    &[
-                        ("num_heads", Attr::Int(heads as i64)),
-                        ("scale", Attr::Float(scale)),
-                    ],
-                )
-                .remove(0))
+            let o = cx.g.node(
+                &format!("{name}/MultiHeadAttention"),
+                "MultiHeadAttention",
+                MS_DOMAIN,
+                &[&flat[0], &flat[1], &flat[2]],
+                1,
+                &[
+                    ("num_heads", Attr::Int(heads as i64)),
+                    ("scale", Attr::Float(scale)),
+                ],
+            );
+            Ok(if cast {
+                cx.cast(&format!("{name}/Cast_back"), &o[0], cx.dtype.onnx())
+            } else {
+                o[0].clone()
+            })
         }
         AttentionKind::Plain => {
             let tr = |cx: &mut Ctx, n: &str, x: &str, perm: Vec<i64>| {

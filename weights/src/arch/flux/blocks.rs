@@ -147,9 +147,9 @@ pub(super) fn double(
     let q = concat(cx, &format!("/{a}/Concat_q"), &eq, &q, 1);
     let k = concat(cx, &format!("/{a}/Concat_k"), &ek, &k, 1);
     let v = concat(cx, &format!("/{a}/Concat_v"), &ev, &v, 1);
-    let q = rope::apply(cx, &format!("/{a}/rope_q"), &q, sh.rope);
-    let k = rope::apply(cx, &format!("/{a}/rope_k"), &k, sh.rope);
     let (heads, d) = (sh.cfg.num_attention_heads, sh.cfg.attention_head_dim);
+    let q = rope::apply(cx, &format!("/{a}/rope_q"), &q, sh.rope, heads);
+    let k = rope::apply(cx, &format!("/{a}/rope_k"), &k, sh.rope, heads);
     let o = attention(
         cx,
         &format!("/{a}/attention"),
@@ -198,9 +198,9 @@ pub(super) fn single(cx: &mut Ctx, sh: &Shared, i: usize, x: &str) -> Result<Str
         ],
         [&format!("{a}.norm_q"), &format!("{a}.norm_k")],
     )?;
-    let q = rope::apply(cx, &format!("/{a}/rope_q"), &q, sh.rope);
-    let k = rope::apply(cx, &format!("/{a}/rope_k"), &k, sh.rope);
     let (heads, d) = (sh.cfg.num_attention_heads, sh.cfg.attention_head_dim);
+    let q = rope::apply(cx, &format!("/{a}/rope_q"), &q, sh.rope, heads);
+    let k = rope::apply(cx, &format!("/{a}/rope_k"), &k, sh.rope, heads);
     let o = attention(
         cx,
         &format!("/{a}/attention"),

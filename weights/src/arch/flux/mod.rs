@@ -23,6 +23,7 @@ pub mod slots;
 
 pub use attention::AttentionKind;
 pub use config::{FluxConfig, LoraSlotSpec, TransformerEngine};
+pub use rope::RopeKind;
 
 use crate::arch::Dtype;
 use crate::checkpoint::safetensors::SafetensorsSource;
@@ -52,6 +53,7 @@ pub struct TransformerOptions {
     /// LoRA slots; `None`: no LoRA inputs at all.
     pub lora: Option<LoraSlotSpec>,
     pub attention: AttentionKind,
+    pub rope: RopeKind,
     /// The timestep/guidance projection's 128 frequencies; `None`: exp(−ln(10000)·j/128)
     /// correctly rounded to float32. torch's vectorised `exp` rounds a few of them 1 ulp
     /// differently, and at arguments of 1000·t (up to 1000) and 1000·guidance that shows in the
@@ -67,6 +69,7 @@ impl TransformerOptions {
             modulation: Scheme::None,
             lora: None,
             attention: AttentionKind::Plain,
+            rope: RopeKind::Exact,
             time_frequencies: None,
         }
     }
@@ -210,7 +213,13 @@ pub fn emit(
         &io.pooled_projections,
     )?;
     let silu_temb = cx.silu("/temb/act", &temb);
-    let rope = rope::tables(&mut cx, &io.txt_ids, &io.img_ids, &cfg.axes_dims_rope)?;
+    let rope = rope::tables(
+        &mut cx,
+        &io.txt_ids,
+        &io.img_ids,
+        &cfg.axes_dims_rope,
+        opts.rope,
+    )?;
     let n_txt_len = cx.op(
         "/n_txt/Shape",
         "Shape",

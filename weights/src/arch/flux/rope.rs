@@ -9,7 +9,9 @@
 //! is left implicit: q/k are viewed as pairs (x[2j], x[2j+1]) that share angle j.
 //!
 //! `apply_rotary_emb(use_real_unbind_dim=-1)` rotates each pair: (x0·cos − x1·sin, x1·cos + x0·sin),
-//! in float32 (diffusers upcasts half-precision q/k for it and casts back).
+//! in float32 (diffusers upcasts half-precision q/k for it and casts back): [`RopeKind::Exact`].
+//! [`RopeKind::Fused`] does the same rotation with com.microsoft RotaryEmbedding (interleaved, one
+//! kernel instead of ~12 elementwise passes over q and k), with the tables in the compute dtype.
 
 use super::config::ROPE_THETA;
 use super::ctx::Ctx;
@@ -17,10 +19,24 @@ use crate::arch::Dtype;
 use crate::onnx::{Attr, DataType};
 use crate::Error;
 
+/// How q/k are rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RopeKind {
+    /// Elementwise ops in float32, as diffusers computes it.
+    #[default]
+    Exact,
+    /// com.microsoft RotaryEmbedding in the compute dtype (CPU: float32 and float16 kernels).
+    Fused,
+}
+
 pub(super) struct Rope {
-    /// float32 [S, 1, head_dim/2, 1] (S = n_txt + n_img), broadcast over batch and heads.
+    pub kind: RopeKind,
+    /// Exact: float32 [S, 1, head_dim/2, 1] (S = n_txt + n_img), broadcast over batch and heads.
+    /// Fused: [S, head_dim/2] in the compute dtype (RotaryEmbedding's caches).
     pub cos: String,
     pub sin: String,
+    /// Fused: int64 [1] = 0, so token s reads row s of the caches.
+    pub start: Option<String>,
 }
 
 /// The block frequency matrix M [axes, head_dim/2] in float64, row-major.
@@ -42,6 +58,7 @@ pub(super) fn tables(
     txt_ids: &str,
     img_ids: &str,
     axes_dims: &[usize],
+    kind: RopeKind,
 ) -> Result<Rope, Error> {
     let half = axes_dims.iter().sum::<usize>() / 2;
     let p = "/pos_embed";
@@ -64,16 +81,43 @@ pub(super) fn tables(
     let mut out = Vec::new();
     for f in ["Cos", "Sin"] {
         let v = cx.op(&format!("{p}/{f}"), f, &[&angles], &[]);
-        let v = cx.cast(&format!("{p}/{f}/Cast_f32"), &v, DataType::Float);
-        out.push(cx.reshape(&format!("{p}/{f}"), &v, &[-1, 1, half as i64, 1]));
+        out.push(match kind {
+            RopeKind::Exact => {
+                let v = cx.cast(&format!("{p}/{f}/Cast_f32"), &v, DataType::Float);
+                cx.reshape(&format!("{p}/{f}"), &v, &[-1, 1, half as i64, 1])
+            }
+            RopeKind::Fused => cx.cast(&format!("{p}/{f}/Cast_dtype"), &v, cx.dtype.onnx()),
+        });
     }
     let sin = out.pop().expect("two tables");
     let cos = out.pop().expect("two tables");
-    Ok(Rope { cos, sin })
+    let start =
+        (kind == RopeKind::Fused).then(|| cx.g.const_i64(&format!("{p}/start"), &[1], &[0]));
+    Ok(Rope {
+        kind,
+        cos,
+        sin,
+        start,
+    })
 }
 
 /// Rotates `x` [batch, S, heads, head_dim] (compute dtype) by the tables.
-pub(super) fn apply(cx: &mut Ctx, name: &str, x: &str, rope: &Rope) -> String {
+pub(super) fn apply(cx: &mut Ctx, name: &str, x: &str, rope: &Rope, heads: usize) -> String {
+    if let Some(start) = &rope.start {
+        let flat = cx.reshape(&format!("{name}/flat"), x, &[0, 0, -1]);
+        let y = cx.g.node(
+            &format!("{name}/RotaryEmbedding"),
+            "RotaryEmbedding",
+            crate::onnx::MS_DOMAIN,
+            &[&flat, start, &rope.cos, &rope.sin],
+            1,
+            &[
+                ("interleaved", Attr::Int(1)),
+                ("num_heads", Attr::Int(heads as i64)),
+            ],
+        );
+        return cx.reshape(&format!("{name}/heads"), &y[0], &[0, 0, heads as i64, -1]);
+    }
     let half_type = cx.dtype != Dtype::Fp32;
     let x32 = if half_type {
         cx.cast(&format!("{name}/Cast_f32"), x, DataType::Float)
