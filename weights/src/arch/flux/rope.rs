@@ -30,7 +30,6 @@ pub enum RopeKind {
 }
 
 pub(super) struct Rope {
-    pub kind: RopeKind,
     /// Exact: float32 [S, 1, head_dim/2, 1] (S = n_txt + n_img), broadcast over batch and heads.
     /// Fused: [S, head_dim/2] in the compute dtype (RotaryEmbedding's caches).
     pub cos: String,
@@ -94,7 +93,6 @@ pub(super) fn tables(
     let start =
         (kind == RopeKind::Fused).then(|| cx.g.const_i64(&format!("{p}/start"), &[1], &[0]));
     Ok(Rope {
-        kind,
         cos,
         sin,
         start,
