@@ -92,11 +92,7 @@ pub(super) fn tables(
     let cos = out.pop().expect("two tables");
     let start =
         (kind == RopeKind::Fused).then(|| cx.g.const_i64(&format!("{p}/start"), &[1], &[0]));
-    Ok(Rope {
-        cos,
-        sin,
-        start,
-    })
+    Ok(Rope { cos, sin, start })
 }
 
 /// Rotates `x` [batch, S, heads, head_dim] (compute dtype) by the tables.
