@@ -13,7 +13,7 @@
 
 mod common;
 
-use cog_weights::arch::flux::slots::Slots;
+use cog_weights::arch::flux::slots::{BindError, Slots};
 use cog_weights::arch::flux::{
     build_transformer, emit, AttentionKind, FluxConfig, LoraSlotSpec, RopeKind, TransformerEngine,
     TransformerOptions,
@@ -182,17 +182,15 @@ fn slot_inputs(
     scales: &[f32],
 ) -> Vec<(String, DynValue)> {
     let io = engine.lora.as_ref().expect("a LoRA graph");
-    let r = slots.rank;
-    let mut v = vec![(io.scales.clone(), t(&[r as i64], slots.scales(scales)))];
-    for m in &io.modules {
-        let (a, b) = match slots.modules.get(&m.module) {
-            Some(w) => (w.a_t().data, w.b_t().data),
-            None => (vec![0.0; m.in_features * r], vec![0.0; r * m.out_features]),
-        };
-        v.push((m.a_t.clone(), t(&[m.in_features as i64, r as i64], a)));
-        v.push((m.b_t.clone(), t(&[r as i64, m.out_features as i64], b)));
-    }
-    v
+    slots
+        .bindings(io, scales)
+        .expect("bindings")
+        .into_iter()
+        .map(|b| {
+            let shape: Vec<i64> = b.shape.iter().map(|&d| d as i64).collect();
+            (b.name, t(&shape, b.data))
+        })
+        .collect()
 }
 
 #[test]
@@ -535,6 +533,33 @@ fn bf16_graph_builds() {
         half * 2 < full + 8192 && half * 2 > full - 8192,
         "{half} vs {full}"
     );
+}
+
+/// LoRAs that adapt a module the graph has no slot for are refused at binding time, not ignored.
+#[test]
+fn bindings_refuse_modules_without_slots() {
+    let (l1, l2) = (
+        load_lora("lora_peft.safetensors"),
+        load_lora("lora_kohya.safetensors"),
+    );
+    let only1 = Slots::pack(&[&l1]).unwrap();
+    let both = Slots::pack(&[&l1, &l2]).unwrap();
+    let opts = TransformerOptions {
+        lora: Some(LoraSlotSpec::from_slots(&only1)),
+        ..TransformerOptions::new(Dtype::Fp32)
+    };
+    let (_tmp, _dir, engine) = compile(&opts);
+    let io = engine.lora.as_ref().unwrap();
+    assert_eq!(io.modules.len(), l1.layers.len());
+    let err = both.bindings(io, &[1.0, 1.0]).unwrap_err();
+    assert!(matches!(err, BindError::NoSlot(_)), "{err}");
+    assert!(matches!(
+        only1.bindings(io, &[1.0, 1.0]).unwrap_err(),
+        BindError::Scales { got: 2, want: 1 }
+    ));
+    let ok = only1.bindings(io, &[0.5]).unwrap();
+    assert_eq!(ok.len(), 2 * io.modules.len() + 1);
+    assert_eq!(ok.last().unwrap().data, vec![0.5; 4]);
 }
 
 #[test]

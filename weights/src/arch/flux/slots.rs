@@ -128,3 +128,90 @@ impl Slots {
         Some(w.b.matmul(&a))
     }
 }
+
+/// The value of one LoRA input of the transformer graph (f32; the engine converts to the graph's
+/// dtype).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotBinding {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BindError {
+    #[error("{0}: adapted by the LoRAs, but the transformer graph has no slot for it")]
+    NoSlot(String),
+    #[error(
+        "{module}: the graph's slot is {want_out}×{want_in}, the LoRA adapts {got_out}×{got_in}"
+    )]
+    Shape {
+        module: String,
+        want_out: usize,
+        want_in: usize,
+        got_out: usize,
+        got_in: usize,
+    },
+    #[error("{got} LoRA scales for {want} packed LoRAs")]
+    Scales { got: usize, want: usize },
+}
+
+impl Slots {
+    /// Every LoRA input of a transformer graph with slots `io`, filled from these slots: Aᵀ and Bᵀ
+    /// of each module (zeros for modules these LoRAs do not adapt), then the scale vector from
+    /// `per_lora` (one scale per packed LoRA, 0 = off). The rank dimension is `self.rank`.
+    pub fn bindings(
+        &self,
+        io: &super::config::LoraSlotsIo,
+        per_lora: &[f32],
+    ) -> Result<Vec<SlotBinding>, BindError> {
+        if per_lora.len() != self.segments.len() {
+            return Err(BindError::Scales {
+                got: per_lora.len(),
+                want: self.segments.len(),
+            });
+        }
+        if let Some(m) = self
+            .modules
+            .keys()
+            .find(|m| !io.modules.iter().any(|s| &s.module == *m))
+        {
+            return Err(BindError::NoSlot(m.clone()));
+        }
+        let r = self.rank;
+        let mut out = Vec::with_capacity(2 * io.modules.len() + 1);
+        for m in &io.modules {
+            let (a, b) = match self.modules.get(&m.module) {
+                Some(w) => {
+                    if (w.b.rows, w.a.cols) != (m.out_features, m.in_features) {
+                        return Err(BindError::Shape {
+                            module: m.module.clone(),
+                            want_out: m.out_features,
+                            want_in: m.in_features,
+                            got_out: w.b.rows,
+                            got_in: w.a.cols,
+                        });
+                    }
+                    (w.a_t().data, w.b_t().data)
+                }
+                None => (vec![0.0; m.in_features * r], vec![0.0; r * m.out_features]),
+            };
+            out.push(SlotBinding {
+                name: m.a_t.clone(),
+                shape: vec![m.in_features, r],
+                data: a,
+            });
+            out.push(SlotBinding {
+                name: m.b_t.clone(),
+                shape: vec![r, m.out_features],
+                data: b,
+            });
+        }
+        out.push(SlotBinding {
+            name: io.scales.clone(),
+            shape: vec![r],
+            data: self.scales(per_lora),
+        });
+        Ok(out)
+    }
+}
