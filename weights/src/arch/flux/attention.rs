@@ -26,6 +26,15 @@ pub enum AttentionKind {
 }
 
 impl AttentionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKind::Plain => "plain",
+            AttentionKind::MultiHead => "multi_head",
+            AttentionKind::MultiHeadFp16 => "multi_head_fp16",
+            AttentionKind::Onnx23 => "onnx23",
+        }
+    }
+
     /// The default-domain opset the graph must import.
     pub fn opset(self) -> i64 {
         match self {

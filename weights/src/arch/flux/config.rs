@@ -179,6 +179,12 @@ pub struct TransformerEngine {
     pub io: TransformerIo,
     /// Absent when the graph was built without LoRA slots.
     pub lora: Option<LoraSlotsIo>,
+    /// How attention and RoPE were emitted (`plain`, `multi_head`, `multi_head_fp16`, `onnx23`;
+    /// `exact`, `fused`), for reports.
+    #[serde(default)]
+    pub attention: String,
+    #[serde(default)]
+    pub rope: String,
     /// Scheme per weight group: `blocks` (attention and MLP linears of every block),
     /// `modulation` (the blocks' adaLN linears); everything else is unquantised.
     pub quantization: BTreeMap<String, String>,

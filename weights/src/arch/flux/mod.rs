@@ -292,6 +292,8 @@ pub fn emit(
         config: cfg.clone(),
         io,
         lora,
+        attention: opts.attention.name().into(),
+        rope: opts.rope.name().into(),
         quantization,
     };
     Ok((engine, cx.reports))

@@ -29,6 +29,15 @@ pub enum RopeKind {
     Fused,
 }
 
+impl RopeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RopeKind::Exact => "exact",
+            RopeKind::Fused => "fused",
+        }
+    }
+}
+
 pub(super) struct Rope {
     /// Exact: float32 [S, 1, head_dim/2, 1] (S = n_txt + n_img), broadcast over batch and heads.
     /// Fused: [S, head_dim/2] in the compute dtype (RotaryEmbedding's caches).
