@@ -535,6 +535,39 @@ fn bf16_graph_builds() {
     );
 }
 
+/// q/k/v (and a single block's MLP input) as one product give what separate products give, with
+/// LoRA branches on parts of the fused product and with 8-bit weights.
+#[test]
+fn fused_projections_match_separate() {
+    let g = Golden::load();
+    let (l1, l2) = (
+        load_lora("lora_peft.safetensors"),
+        load_lora("lora_kohya.safetensors"),
+    );
+    let both = Slots::pack(&[&l1, &l2]).unwrap();
+    for scheme in [Scheme::None, Scheme::Rtn { bits: 8, block: 32 }] {
+        let mut outs = Vec::new();
+        for fuse in [true, false] {
+            let opts = TransformerOptions {
+                lora: Some(LoraSlotSpec::from_slots(&both)),
+                blocks: scheme,
+                fuse_projections: fuse,
+                ..TransformerOptions::new(Dtype::Fp32)
+            };
+            let (_tmp, dir, engine) = compile(&opts);
+            let mut s = session(&dir.join(&engine.graph));
+            let slots = slot_inputs(&engine, &both, &g.scales("both"));
+            outs.push(run(&mut s, model_inputs(&g), slots));
+        }
+        check(
+            &format!("fused vs separate projections, {}", scheme.label()),
+            &outs[0],
+            &outs[1],
+            1e-5,
+        );
+    }
+}
+
 /// LoRAs that adapt a module the graph has no slot for are refused at binding time, not ignored.
 #[test]
 fn bindings_refuse_modules_without_slots() {

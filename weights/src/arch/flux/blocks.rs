@@ -23,6 +23,8 @@ pub(super) struct Shared<'s> {
     /// Scheme of the attention/MLP linears, and of the adaLN modulation linears.
     pub linear: Scheme,
     pub modulation: Scheme,
+    /// Linears that read the same input run as one product (see linear.rs).
+    pub fuse: bool,
 }
 
 impl Shared<'_> {
@@ -36,20 +38,31 @@ impl Shared<'_> {
     }
 }
 
-/// to_{q,k,v}-style projections of `x`, reshaped to [batch, S, heads, head_dim], q and k normalised.
-fn qkv(
+/// The outputs of `modules` for the same input `x`, fused into one product when `sh.fuse`.
+fn projections(cx: &mut Ctx, sh: &Shared, x: &str, modules: &[&str]) -> Result<Vec<String>, Error> {
+    if sh.fuse {
+        cx.linears(modules, x, sh.linear)
+    } else {
+        modules.iter().map(|m| cx.linear(m, x, sh.linear)).collect()
+    }
+}
+
+/// q/k/v projection outputs reshaped to [batch, S, heads, head_dim], q and k normalised.
+fn to_heads(
     cx: &mut Ctx,
     sh: &Shared,
-    x: &str,
+    projected: &[String],
     [q, k, v]: [&str; 3],
     [nq, nk]: [&str; 2],
 ) -> Result<[String; 3], Error> {
     let dims = sh.split_dims();
     let d = sh.cfg.attention_head_dim;
     let mut out = Vec::with_capacity(3);
-    for (m, norm) in [(q, Some(nq)), (k, Some(nk)), (v, None)] {
-        let y = cx.linear(m, x, sh.linear)?;
-        let y = cx.reshape(&format!("/{m}/heads"), &y, &dims);
+    for (y, (m, norm)) in projected
+        .iter()
+        .zip([(q, Some(nq)), (k, Some(nk)), (v, None)])
+    {
+        let y = cx.reshape(&format!("/{m}/heads"), y, &dims);
         out.push(match norm {
             Some(n) => cx.rms_norm(n, &y, d)?,
             None => y,
@@ -122,27 +135,35 @@ pub(super) fn double(
     let n_txt = cx.modulate(&format!("/{p}/norm1_context"), txt, h, &c[0], &c[1])?;
 
     let a = format!("{p}.attn");
-    let [q, k, v] = qkv(
+    let img_mods = [
+        format!("{a}.to_q"),
+        format!("{a}.to_k"),
+        format!("{a}.to_v"),
+    ];
+    let img_mods = img_mods.each_ref().map(String::as_str);
+    let projected = projections(cx, sh, &n_img, &img_mods)?;
+    let img_norms = [format!("{a}.norm_q"), format!("{a}.norm_k")];
+    let [q, k, v] = to_heads(
         cx,
         sh,
-        &n_img,
-        [
-            &format!("{a}.to_q"),
-            &format!("{a}.to_k"),
-            &format!("{a}.to_v"),
-        ],
-        [&format!("{a}.norm_q"), &format!("{a}.norm_k")],
+        &projected,
+        img_mods,
+        img_norms.each_ref().map(String::as_str),
     )?;
-    let [eq, ek, ev] = qkv(
+    let txt_mods = [
+        format!("{a}.add_q_proj"),
+        format!("{a}.add_k_proj"),
+        format!("{a}.add_v_proj"),
+    ];
+    let txt_mods = txt_mods.each_ref().map(String::as_str);
+    let projected = projections(cx, sh, &n_txt, &txt_mods)?;
+    let txt_norms = [format!("{a}.norm_added_q"), format!("{a}.norm_added_k")];
+    let [eq, ek, ev] = to_heads(
         cx,
         sh,
-        &n_txt,
-        [
-            &format!("{a}.add_q_proj"),
-            &format!("{a}.add_k_proj"),
-            &format!("{a}.add_v_proj"),
-        ],
-        [&format!("{a}.norm_added_q"), &format!("{a}.norm_added_k")],
+        &projected,
+        txt_mods,
+        txt_norms.each_ref().map(String::as_str),
     )?;
     let q = concat(cx, &format!("/{a}/Concat_q"), &eq, &q, 1);
     let k = concat(cx, &format!("/{a}/Concat_k"), &ek, &k, 1);
@@ -183,20 +204,24 @@ pub(super) fn single(cx: &mut Ctx, sh: &Shared, i: usize, x: &str) -> Result<Str
     // chunks: shift, scale, gate
     let m = cx.chunks(&format!("/{p}/norm"), &m, 3);
     let n = cx.modulate(&format!("/{p}/norm"), x, h, &m[0], &m[1])?;
-    let mlp = cx.linear(&format!("{p}.proj_mlp"), &n, sh.linear)?;
-    let mlp = cx.gelu_tanh(&format!("/{p}/act_mlp"), &mlp);
-
     let a = format!("{p}.attn");
-    let [q, k, v] = qkv(
+    let mods = [
+        format!("{a}.to_q"),
+        format!("{a}.to_k"),
+        format!("{a}.to_v"),
+        format!("{p}.proj_mlp"),
+    ];
+    let mods = mods.each_ref().map(String::as_str);
+    let projected = projections(cx, sh, &n, &mods)?;
+    let mlp = cx.gelu_tanh(&format!("/{p}/act_mlp"), &projected[3]);
+    let norms = [format!("{a}.norm_q"), format!("{a}.norm_k")];
+    let qkv_mods = [mods[0], mods[1], mods[2]];
+    let [q, k, v] = to_heads(
         cx,
         sh,
-        &n,
-        [
-            &format!("{a}.to_q"),
-            &format!("{a}.to_k"),
-            &format!("{a}.to_v"),
-        ],
-        [&format!("{a}.norm_q"), &format!("{a}.norm_k")],
+        &projected[..3],
+        qkv_mods,
+        norms.each_ref().map(String::as_str),
     )?;
     let (heads, d) = (sh.cfg.num_attention_heads, sh.cfg.attention_head_dim);
     let q = rope::apply(cx, &format!("/{a}/rope_q"), &q, sh.rope, heads);

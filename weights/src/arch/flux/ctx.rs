@@ -1,12 +1,12 @@
-//! The emission context shared by the transformer's parts: weights by diffusers name, linear
-//! layers (plain, MatMulNBits, with or without a LoRA slot branch), and the small ops every block
-//! repeats (SiLU, GELU-tanh, LayerNorm, RMSNorm, reshapes).
+//! The emission context shared by the transformer's parts: weights by diffusers name and the small
+//! ops every block repeats (SiLU, GELU-tanh, LayerNorm, RMSNorm, reshapes); linear layers are in
+//! linear.rs.
 
-use super::config::{lora_input_names, LoraModuleIo, LoraSlotSpec, LORA_SCALES, NORM_EPS};
+use super::config::{LoraModuleIo, LoraSlotSpec, LORA_SCALES, NORM_EPS};
 use crate::arch::Dtype;
 use crate::checkpoint::{Tensor, TensorSource};
 use crate::onnx::{Attr, DataType, GraphBuilder};
-use crate::quant::{self, Scheme, TensorReport};
+use crate::quant::TensorReport;
 use crate::Error;
 
 pub(super) struct Ctx<'a> {
@@ -71,69 +71,6 @@ impl<'a> Ctx<'a> {
     pub fn cast(&mut self, name: &str, x: &str, to: DataType) -> String {
         self.g
             .op(name, "Cast", &[x], &[("to", Attr::Int(to as i64))])
-    }
-
-    /// `x @ W^T + b` for the diffusers module `module` (`{module}.weight` [out, in], optional
-    /// `{module}.bias`), plus its LoRA slot branch when the spec targets it.
-    pub fn linear(&mut self, module: &str, x: &str, scheme: Scheme) -> Result<String, Error> {
-        let w = self.src.get(&format!("{module}.weight"))?;
-        if w.shape.len() != 2 {
-            return Err(Error::ShapeMismatch {
-                file: self.src.file_of(&format!("{module}.weight")),
-                tensor: format!("{module}.weight"),
-                expected: vec![0, 0],
-                got: w.shape,
-            });
-        }
-        let (out_f, in_f) = (w.shape[0], w.shape[1]);
-        let y = match quant::quantize(&w, scheme) {
-            None => {
-                let wt = self.weight(&format!("{module}.weight"), &w.transpose2())?;
-                self.g
-                    .op(&format!("/{module}/MatMul"), "MatMul", &[x, &wt], &[])
-            }
-            Some(q) => {
-                self.reports.push(quant::report(module, scheme, &w, &q));
-                quant::emit::matmul_nbits(self.g, module, x, &q, self.dtype)?
-            }
-        };
-        drop(w);
-        let bias_name = format!("{module}.bias");
-        let y = if self.src.contains(&bias_name) {
-            let b = self.src.get_shaped(&bias_name, &[out_f])?;
-            let b = self.weight(&bias_name, &b)?;
-            self.g
-                .op(&format!("/{module}/Add_bias"), "Add", &[&y, &b], &[])
-        } else {
-            y
-        };
-        if !self.lora.is_some_and(|l| l.modules.contains(module)) {
-            return Ok(y);
-        }
-        // y += ((x · Aᵀ) ⊙ s) · Bᵀ: the slot tensors are inputs, so another LoRA is another binding.
-        let (a, b) = lora_input_names(module);
-        let dt = self.dtype.onnx();
-        self.g.input(&a, dt, &[in_f.into(), "lora_rank".into()]);
-        self.g.input(&b, dt, &["lora_rank".into(), out_f.into()]);
-        self.lora_inputs.push(LoraModuleIo {
-            module: module.to_string(),
-            a_t: a.clone(),
-            b_t: b.clone(),
-            in_features: in_f,
-            out_features: out_f,
-        });
-        let p = format!("/{module}/lora");
-        let down = self.g.op(&format!("{p}/MatMul_a"), "MatMul", &[x, &a], &[]);
-        let scaled = self.g.op(
-            &format!("{p}/Mul_scales"),
-            "Mul",
-            &[&down, LORA_SCALES],
-            &[],
-        );
-        let up = self
-            .g
-            .op(&format!("{p}/MatMul_b"), "MatMul", &[&scaled, &b], &[]);
-        Ok(self.g.op(&format!("{p}/Add"), "Add", &[&y, &up], &[]))
     }
 
     pub fn silu(&mut self, name: &str, x: &str) -> String {

@@ -17,6 +17,7 @@ mod blocks;
 pub mod config;
 mod ctx;
 pub mod embed;
+mod linear;
 pub mod lora;
 pub mod rope;
 pub mod slots;
@@ -54,6 +55,9 @@ pub struct TransformerOptions {
     pub lora: Option<LoraSlotSpec>,
     pub attention: AttentionKind,
     pub rope: RopeKind,
+    /// Emit linears that read the same input (q/k/v of each stream; a single block's q/k/v and
+    /// MLP input projection) as one product over their concatenated rows, split per module.
+    pub fuse_projections: bool,
     /// The timestep/guidance projection's 128 frequencies; `None`: exp(−ln(10000)·j/128)
     /// correctly rounded to float32. torch's vectorised `exp` rounds a few of them 1 ulp
     /// differently, and at arguments of 1000·t (up to 1000) and 1000·guidance that shows in the
@@ -70,6 +74,7 @@ impl TransformerOptions {
             lora: None,
             attention: AttentionKind::Plain,
             rope: RopeKind::Exact,
+            fuse_projections: true,
             time_frequencies: None,
         }
     }
@@ -237,6 +242,7 @@ pub fn emit(
         attention: opts.attention,
         linear: opts.blocks,
         modulation: opts.modulation,
+        fuse: opts.fuse_projections,
     };
     for i in 0..cfg.num_layers {
         (img, txt) = blocks::double(&mut cx, &sh, i, &img, &txt)?;
