@@ -11,6 +11,18 @@
 //! ```
 //! Math follows diffusers 0.42.1 `transformer_flux.py`; weights keep diffusers' names, so the
 //! LoRA slot of module `m` sits on the linear whose weight is `m.weight`.
+//!
+//! Graph contract (names in `transformer.json`, see [`config::TransformerIo`]; `T` = the compute
+//! dtype; dims `batch`, `n_img`, `n_txt`, `lora_rank` symbolic):
+//! - `hidden_states` T [batch, n_img, in_channels]; `encoder_hidden_states` T [batch, n_txt,
+//!   joint_attention_dim]; `pooled_projections` T [batch, pooled_projection_dim];
+//! - `timestep` f32 [batch] = sigma (the pipeline's t/1000; ×1000 in the graph, in T as diffusers
+//!   does); `guidance` f32 [batch] (only with `guidance_embeds`; ×1000 in the graph);
+//! - `img_ids` f32 [n_img, 3], `txt_ids` f32 [n_txt, 3]: RoPE is computed from them in the graph;
+//! - with LoRA slots: `lora_scales` T [lora_rank], and per targeted module `lora.<module>.a_t`
+//!   T [in, lora_rank] (Aᵀ) and `lora.<module>.b_t` T [lora_rank, out] (Bᵀ, alpha/rank folded);
+//!   [`slots::Slots::bindings`] produces all of them from packed LoRA files;
+//! - output `sample` T [batch, n_img, out_channels]: the velocity.
 
 pub mod attention;
 mod blocks;
