@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod decoder;
+pub mod flux;
 pub mod flux_encoders;
 pub mod gemma3;
 pub mod graph;

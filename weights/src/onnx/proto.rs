@@ -15,6 +15,7 @@ pub enum DataType {
     Int64 = 7,
     Bool = 9,
     Float16 = 10,
+    Double = 11,
     Bfloat16 = 16,
 }
 
@@ -23,7 +24,7 @@ impl DataType {
         match self {
             DataType::Float | DataType::Int32 => 4,
             DataType::Uint8 | DataType::Int8 | DataType::Bool => 1,
-            DataType::Int64 => 8,
+            DataType::Int64 | DataType::Double => 8,
             DataType::Float16 | DataType::Bfloat16 => 2,
         }
     }
