@@ -2,6 +2,7 @@
 
 pub mod default_model;
 pub mod engine;
+pub mod gemma3;
 pub mod phi4;
 pub mod smollm3;
 pub mod text;
@@ -15,5 +16,6 @@ pub fn registry() -> Registry {
     Registry::new(vec![
         PredictorDef::of::<smollm3::SmolLM3>("smollm3"),
         PredictorDef::of::<phi4::Phi4Reasoning>("phi4-reasoning"),
+        PredictorDef::of::<gemma3::Gemma3Vision>("gemma3-vision"),
     ])
 }

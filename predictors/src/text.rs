@@ -53,9 +53,24 @@ pub fn model_dir(ctx: &SetupContext) -> Result<PathBuf, SetupError> {
     }
 }
 
+/// The model folder `--weights`/`COG_WEIGHTS` names, for predictors that have no default model.
+pub fn required_model_dir(ctx: &SetupContext, what: &str) -> Result<PathBuf, SetupError> {
+    if ctx.weights.is_none() {
+        return Err(SetupError::new(format!(
+            "no weights configured: pass --weights DIR or set COG_WEIGHTS to a folder built by              `cogrs weights build` from {what} (a local folder, or a URL to fetch it from)"
+        )));
+    }
+    model_dir(ctx)
+}
+
 /// Verifies the folder against its manifest, then loads it.
 pub fn load(ctx: &SetupContext) -> Result<Generator, SetupError> {
-    let dir = model_dir(ctx)?;
+    load_dir(ctx, &model_dir(ctx)?)
+}
+
+/// [`load`] for a folder already found.
+pub fn load_dir(ctx: &SetupContext, dir: &std::path::Path) -> Result<Generator, SetupError> {
+    let dir = dir.to_path_buf();
     match crate::weights_check::check(&dir).map_err(SetupError::new)? {
         Checked::Hashed => ctx.log("weights verified against manifest.json (sha256 of every file)"),
         Checked::UnchangedSinceHashed => {
@@ -119,10 +134,13 @@ pub fn fit(
     let text = generator
         .render(&req.prompt)
         .map_err(|e| InputError::new(field, e.to_string()))?;
-    let n = generator
-        .encode(&text)
-        .map_err(|e| InputError::new(field, e.to_string()))?
-        .len();
+    let n = match &req.prompt {
+        Prompt::Tokens { ids, .. } => ids.len(),
+        _ => generator
+            .encode(&text)
+            .map_err(|e| InputError::new(field, e.to_string()))?
+            .len(),
+    };
     let context = generator.context_length();
     if n >= context {
         return Err(InputError::new(
@@ -150,6 +168,17 @@ pub fn run(
     ctx: &PredictContext,
     name: &str,
 ) -> Result<Answer, PredictError> {
+    run_with_images(generator, req, None, ctx, name)
+}
+
+/// [`run`] for a prompt whose image tokens `image_features` fill.
+pub fn run_with_images(
+    generator: &Generator,
+    req: &GenerateRequest,
+    image_features: Option<&ort::value::DynValue>,
+    ctx: &PredictContext,
+    name: &str,
+) -> Result<Answer, PredictError> {
     if let Prompt::Chat { messages, .. } = &req.prompt {
         ctx.log(format!(
             "generating up to {} tokens for {} message(s)",
@@ -158,7 +187,9 @@ pub fn run(
         ));
     }
     let generation = generator
-        .generate(req, &mut |chunk| ctx.emit(chunk), &|| ctx.is_cancelled())
+        .generate_with_images(req, image_features, &mut |chunk| ctx.emit(chunk), &|| {
+            ctx.is_cancelled()
+        })
         .map_err(PredictError::failed)?;
     ctx.check_cancelled()?;
     let m = &generation.metrics;

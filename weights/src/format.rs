@@ -82,6 +82,10 @@ pub struct DecoderConfig {
     /// Models whose decoder takes `inputs_embeds` (Gemma 3): the graph that makes them, run first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed: Option<EmbedGraph>,
+    /// Multimodal models (Gemma 3): the vision tower + projector graph whose output rows are the
+    /// embed graph's `image_features`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<crate::arch::siglip::VisionGraphConfig>,
 }
 
 /// `embed.onnx`: token ids (and image features) in, `inputs_embeds` for the decoder out.

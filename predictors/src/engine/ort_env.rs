@@ -212,6 +212,9 @@ pub struct SessionOptions {
     /// With `cuda_graph`: sequence capacity (prompt + generated tokens) of the captured graph's KV buffer,
     /// which is allocated once at load; `None`: the model's context length.
     pub graph_kv_capacity: Option<usize>,
+    /// Run this session on the CPU provider whatever the runtime's provider is (small graphs whose
+    /// inputs and outputs live on the host anyway, e.g. an embedding lookup).
+    pub cpu_only: bool,
     /// Write ONNX Runtime's per-node profile (Chrome trace JSON) with this path prefix.
     pub profile: Option<PathBuf>,
 }
@@ -237,7 +240,7 @@ impl OrtRuntime {
         let cache = if opts.no_cache {
             None
         } else {
-            Some(self.cache_path(graph).map_err(|e| serr(&e))?)
+            Some(self.cache_path(graph, opts).map_err(|e| serr(&e))?)
         };
         if let Some(cache) = cache.as_ref().filter(|c| c.exists()) {
             // Already optimised for this provider: running the optimisers again would only cost time.
@@ -290,7 +293,7 @@ impl OrtRuntime {
                 Err(e) => tracing::warn!(error = %e, "could not store the optimised model"),
             }
         }
-        tracing::info!(graph = %graph.display(), ep = self.ep.name(), ms = t0.elapsed().as_millis() as u64, "session built");
+        tracing::info!(graph = %graph.display(), ep = self.ep_for(opts).name(), ms = t0.elapsed().as_millis() as u64, "session built");
         Ok((
             session,
             LoadedFrom::Original {
@@ -320,7 +323,7 @@ impl OrtRuntime {
                 .with_intra_threads(opts.intra_threads)
                 .map_err(|e| perr(&e))?;
         }
-        if self.ep == Ep::Cuda {
+        if self.ep_for(opts) == Ep::Cuda {
             b = b
                 .with_execution_providers([cuda_provider(opts).build().error_on_failure()])
                 .map_err(|e| perr(&e))?;
@@ -328,7 +331,16 @@ impl OrtRuntime {
         Ok(b)
     }
 
-    fn cache_path(&self, graph: &Path) -> std::io::Result<PathBuf> {
+    /// The provider a session with these options runs on.
+    pub fn ep_for(&self, opts: &SessionOptions) -> Ep {
+        if opts.cpu_only {
+            Ep::Cpu
+        } else {
+            self.ep
+        }
+    }
+
+    fn cache_path(&self, graph: &Path, opts: &SessionOptions) -> std::io::Result<PathBuf> {
         let mut h = Sha256::new();
         for f in [
             graph.to_path_buf(),
@@ -351,14 +363,15 @@ impl OrtRuntime {
         }
         h.update(self.version.as_bytes());
         h.update(self.build_info.as_bytes());
-        h.update(self.ep.name().as_bytes());
+        let ep = self.ep_for(opts);
+        h.update(ep.name().as_bytes());
         let key = hex::encode(&h.finalize()[..8]);
         let name = graph.file_name().unwrap_or_default().to_string_lossy();
         // A subfolder: the compiled folder's manifest lists only its top-level files, so the cache
         // never makes `cogrs weights verify` (run at every setup) see unlisted files.
         let dir = graph.parent().unwrap_or(Path::new(".")).join(".ort-cache");
         let _ = std::fs::create_dir_all(&dir);
-        Ok(dir.join(format!("{name}.{}-{key}.opt.onnx", self.ep.name())))
+        Ok(dir.join(format!("{name}.{}-{key}.opt.onnx", ep.name())))
     }
 }
 

@@ -247,6 +247,7 @@ pub fn build(
             pad_token_id: spec.pad_token_id,
         },
         embed: None,
+        vision: None,
     };
     Ok((config, cx.reports))
 }

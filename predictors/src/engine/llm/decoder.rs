@@ -9,10 +9,15 @@
 //!   two, at most `context_length`), not to the context: a 64k-context model would otherwise hold gigabytes
 //!   of cache for a short answer. With a CUDA graph it is allocated once, at `graph_kv_capacity`.
 //!
+//! Decoders that take `inputs_embeds` (Gemma 3) get them from the embed graph ([`EmbedStage`]), which
+//! also places a prompt's image features; their `token_type_ids` (1 at image tokens in the prefill) let
+//! an image's tokens attend to each other both ways. CUDA graphs are for `input_ids` decoders only.
+//!
 //! Only inputs the graph declares are bound (`position_ids` is supplied when declared; any other unknown
 //! input is an error naming it). Logits come back to the host; only the last position's row is used.
 
 use super::cuda_graph::{GraphShape, GraphState};
+use super::embed::EmbedStage;
 use super::sampling::Sampler;
 use crate::engine::ort_env::{Ep, LoadedFrom, OrtRuntime, SessionOptions};
 use cog_weights::format::{DecoderConfig, DecoderIo, FORMAT_VERSION};
@@ -56,12 +61,15 @@ pub enum FinishReason {
 }
 
 /// Per-request limits of the loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodeParams {
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeParams<'a> {
     /// Upper bound on generated tokens; the context bounds it too.
     pub max_new_tokens: usize,
     /// Keep going through EOS ids (fixed-length runs for benchmarks).
     pub ignore_eos: bool,
+    /// Image feature rows ([rows, hidden], host, compute dtype) for the prompt's image tokens, in
+    /// order; only for decoders with an embed graph.
+    pub image_features: Option<&'a DynValue>,
 }
 
 /// What one generation produced, with the timestamps metrics are computed from.
@@ -95,6 +103,8 @@ pub struct DecoderModel {
     device: MemoryInfo<'static>,
     pub ep: Ep,
     pub loaded_from: LoadedFrom,
+    /// Present for `inputs_embeds` decoders.
+    embed: Option<EmbedStage>,
 }
 
 impl DecoderModel {
@@ -151,20 +161,42 @@ impl DecoderModel {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
-        let ids_name = io
-            .input_ids
-            .clone()
-            .filter(|n| inputs.contains(n))
-            .ok_or_else(|| DecoderError::Graph {
-                what: "takes no `input_ids` (inputs_embeds-only graphs need the multimodal path)"
-                    .into(),
-            })?;
+        // Token ids go in as `input_ids`, or through the embed graph as `inputs_embeds`.
+        let takes_ids = io.input_ids.as_ref().is_some_and(|n| inputs.contains(n));
+        let embeds_name = io.inputs_embeds.clone().filter(|n| inputs.contains(n));
+        let (ids_name, embed) =
+            match (takes_ids, embeds_name, &config.embed) {
+                (true, _, _) => (io.input_ids.clone().unwrap_or_default(), None),
+                (false, Some(n), Some(e)) => (
+                    n,
+                    Some(EmbedStage::load(
+                        rt,
+                        dir,
+                        e,
+                        config.hidden_size,
+                        kv_type,
+                        opts,
+                    )?),
+                ),
+                (false, Some(_), None) => {
+                    return Err(cerr(
+                        "the graph takes inputs_embeds but names no embed graph".into(),
+                    ))
+                }
+                (false, None, _) => return Err(DecoderError::Graph {
+                    what: "takes neither the `input_ids` nor the `inputs_embeds` engine.json names"
+                        .into(),
+                }),
+            };
         let mut known: HashSet<&str> = [
             ids_name.as_str(),
             io.attention_mask.as_str(),
             "position_ids",
         ]
         .into();
+        if let Some(t) = &io.token_type_ids {
+            known.insert(t.as_str());
+        }
         for l in &layers {
             known.extend(l.past.iter().map(String::as_str));
         }
@@ -206,7 +238,11 @@ impl DecoderModel {
         .map_err(ort_err)?;
         tracing::info!(graph = %config.graph, layers = config.num_layers, context = config.context_length, kv = %config.kv_dtype,
             shared_kv = config.io.shared_kv_buffer, ep = rt.ep.name(), "decoder loaded");
-        let graph = if opts.cuda_graph && rt.ep == Ep::Cuda && config.io.shared_kv_buffer {
+        let graph = if opts.cuda_graph
+            && rt.ep == Ep::Cuda
+            && config.io.shared_kv_buffer
+            && embed.is_none()
+        {
             let logits_type = session
                 .outputs()
                 .iter()
@@ -237,7 +273,7 @@ impl DecoderModel {
                 tracing::warn!(
                     ep = rt.ep.name(),
                     shared_kv = config.io.shared_kv_buffer,
-                    "CUDA graphs need the CUDA provider and a shared KV buffer; decoding without"
+                    "CUDA graphs need the CUDA provider, a shared KV buffer and input_ids; decoding without"
                 );
             }
             None
@@ -251,6 +287,7 @@ impl DecoderModel {
             device,
             ep: rt.ep,
             loaded_from,
+            embed,
         })
     }
 
@@ -313,8 +350,9 @@ impl DecoderModel {
                     .max(256)
                     .min(context);
                 let mut kv = self.init_cache(session, &mut binding, capacity)?;
+                let features = params.image_features;
                 Box::new(move |input: &[u32], past: usize| {
-                    self.step(session, &mut binding, &mut kv, input, past)
+                    self.step(session, &mut binding, &mut kv, input, past, features)
                 })
             }
         };
@@ -403,14 +441,45 @@ impl DecoderModel {
         kv: &mut Kv,
         ids: &[u32],
         past: usize,
+        image_features: Option<&DynValue>,
     ) -> Result<Vec<f32>, DecoderError> {
         let io = &self.config.io;
         let n = ids.len();
-        let ids64: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        let input_ids = Tensor::from_array(([1usize, n], ids64)).map_err(ort_err)?;
-        binding
-            .bind_input(io.input_ids.as_deref().unwrap_or("input_ids"), &input_ids)
-            .map_err(ort_err)?;
+        // Kept alive until the run: the binding refers to them.
+        let (_ids_value, _type_ids) = match &self.embed {
+            Some(embed) => {
+                // Image features belong to the prefill (past 0), which holds every image token.
+                let features = if past == 0 { image_features } else { None };
+                let embeds = embed.run(ids, features)?;
+                let name = io.inputs_embeds.as_deref().unwrap_or("inputs_embeds");
+                binding.bind_input(name, &embeds).map_err(ort_err)?;
+                let types = match io
+                    .token_type_ids
+                    .as_deref()
+                    .filter(|t| self.inputs.contains(*t))
+                {
+                    Some(name) => {
+                        let t: Vec<i64> = ids
+                            .iter()
+                            .map(|&id| i64::from(past == 0 && embed.is_image_token(id)))
+                            .collect();
+                        let t = Tensor::from_array(([1usize, n], t)).map_err(ort_err)?;
+                        binding.bind_input(name, &t).map_err(ort_err)?;
+                        Some(t)
+                    }
+                    None => None,
+                };
+                (embeds, types)
+            }
+            None => {
+                let ids64: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+                let input_ids = Tensor::from_array(([1usize, n], ids64)).map_err(ort_err)?;
+                binding
+                    .bind_input(io.input_ids.as_deref().unwrap_or("input_ids"), &input_ids)
+                    .map_err(ort_err)?;
+                (input_ids.into_dyn(), None)
+            }
+        };
         if self.inputs.contains(&io.attention_mask) {
             let mask =
                 Tensor::from_array(([1usize, past + n], vec![1i64; past + n])).map_err(ort_err)?;

@@ -53,6 +53,12 @@ pub enum Prompt {
         template: TemplateOptions,
     },
     Raw(String),
+    /// Already tokenized (a multimodal prompt whose image tokens the caller expanded); `text` is
+    /// what the ids encode, for logs and `prompt_text`.
+    Tokens {
+        text: String,
+        ids: Vec<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +134,7 @@ impl Generator {
         let params = DecodeParams {
             max_new_tokens: 2,
             ignore_eos: true,
+            image_features: None,
         };
         let mut sampler = Sampler::new(&SamplingConfig::default());
         self.decoder
@@ -157,6 +164,7 @@ impl Generator {
     pub fn render(&self, prompt: &Prompt) -> Result<String, GenerateError> {
         match prompt {
             Prompt::Raw(s) => Ok(s.clone()),
+            Prompt::Tokens { text, .. } => Ok(text.clone()),
             Prompt::Chat { messages, template } => {
                 let t = self
                     .template
@@ -185,9 +193,25 @@ impl Generator {
         on_chunk: &mut dyn FnMut(&str),
         is_cancelled: &dyn Fn() -> bool,
     ) -> Result<Generation, GenerateError> {
+        self.generate_with_images(req, None, on_chunk, is_cancelled)
+    }
+
+    /// [`Generator::generate`] for a prompt with image tokens: `image_features` ([rows, hidden],
+    /// host, the model's compute dtype, e.g. from [`crate::engine::vision::VisionModel`]) fill them in
+    /// order. Only models with an embed graph take images.
+    pub fn generate_with_images(
+        &self,
+        req: &GenerateRequest,
+        image_features: Option<&ort::value::DynValue>,
+        on_chunk: &mut dyn FnMut(&str),
+        is_cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation, GenerateError> {
         let start = Instant::now();
         let prompt_text = self.render(&req.prompt)?;
-        let ids = self.encode(&prompt_text)?;
+        let ids = match &req.prompt {
+            Prompt::Tokens { ids, .. } => ids.clone(),
+            _ => self.encode(&prompt_text)?,
+        };
         let mut sampler = Sampler::new(&req.sampling);
         let mut detok = IncrementalDecoder::new(&self.tokenizer, req.skip_special_tokens);
         let mut text = String::new();
@@ -205,6 +229,7 @@ impl Generator {
             &DecodeParams {
                 max_new_tokens: req.max_new_tokens,
                 ignore_eos: req.ignore_eos,
+                image_features,
             },
             &mut sampler,
             &mut emit,

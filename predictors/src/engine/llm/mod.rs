@@ -4,6 +4,7 @@
 mod cuda_graph;
 pub mod decoder;
 pub mod detok;
+pub mod embed;
 pub mod generator;
 pub mod reasoning;
 pub mod sampling;

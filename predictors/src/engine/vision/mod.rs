@@ -3,9 +3,11 @@
 //! go ([`prompt`]).
 
 pub mod decode;
+pub mod model;
 pub mod preprocess;
 pub mod prompt;
 pub mod resample;
 
 pub use decode::{ImageError, ImageLimits};
+pub use model::VisionModel;
 pub use preprocess::{Gemma3ImageConfig, PixelValues};

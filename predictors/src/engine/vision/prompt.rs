@@ -32,6 +32,8 @@ pub struct MultimodalPrompt {
     /// Indices into `ids` of the image soft tokens, ascending: `TOKENS_PER_IMAGE` per image, image
     /// after image; feature row j goes to `ids[image_positions[j]]`.
     pub image_positions: Vec<usize>,
+    /// Soft tokens per image (the vision graph's `mm_tokens_per_image`).
+    pub tokens_per_image: usize,
 }
 
 impl MultimodalPrompt {
@@ -46,7 +48,7 @@ impl MultimodalPrompt {
     /// Each image's run of soft tokens, in order.
     pub fn image_spans(&self) -> Vec<std::ops::Range<usize>> {
         self.image_positions
-            .chunks(TOKENS_PER_IMAGE)
+            .chunks(self.tokens_per_image.max(1))
             .map(|run| run[0]..run[run.len() - 1] + 1)
             .collect()
     }
@@ -91,6 +93,7 @@ pub struct Gemma3Prompter {
     eoi: String,
     image_token: String,
     image_token_id: u32,
+    tokens_per_image: usize,
 }
 
 impl Gemma3Prompter {
@@ -130,7 +133,15 @@ impl Gemma3Prompter {
             eoi,
             image_token,
             image_token_id,
+            tokens_per_image: TOKENS_PER_IMAGE,
         })
+    }
+
+    /// Soft tokens each image expands to (default [`TOKENS_PER_IMAGE`], the real model's): what
+    /// the compiled vision graph outputs per image.
+    pub fn with_tokens_per_image(mut self, n: usize) -> Self {
+        self.tokens_per_image = n;
+        self
     }
 
     pub fn image_token_id(&self) -> u32 {
@@ -172,7 +183,7 @@ impl Gemma3Prompter {
         let full = format!(
             "\n\n{}{}{}\n\n",
             self.boi,
-            self.image_token.repeat(TOKENS_PER_IMAGE),
+            self.image_token.repeat(self.tokens_per_image),
             self.eoi
         );
         let text = rendered.replace(&self.boi, &full);
@@ -185,17 +196,18 @@ impl Gemma3Prompter {
         let image_positions: Vec<usize> = (0..ids.len())
             .filter(|&i| ids[i] == self.image_token_id)
             .collect();
-        if image_positions.len() != images * TOKENS_PER_IMAGE {
+        if image_positions.len() != images * self.tokens_per_image {
             return Err(PromptError::Tokenizer(format!(
                 "{} image tokens after encoding, expected {}",
                 image_positions.len(),
-                images * TOKENS_PER_IMAGE
+                images * self.tokens_per_image
             )));
         }
         Ok(MultimodalPrompt {
             text,
             ids,
             image_positions,
+            tokens_per_image: self.tokens_per_image,
         })
     }
 }

@@ -251,6 +251,7 @@ pub fn build(
             pad_token_id: spec.pad_token_id,
         },
         embed: None,
+        vision: None,
     };
     Ok(Built {
         config,

@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use config::{is_gemma3, Gemma3Spec, LayerType};
 
-use crate::arch::Dtype;
+use crate::arch::{siglip, Dtype};
 use crate::build::{self, BuildRequest, BuildSummary, Files, Staging};
 use crate::checkpoint::safetensors::SafetensorsSource;
 use crate::checkpoint::TensorSource;
@@ -100,11 +100,31 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
     } else {
         known.insert("embed.onnx.data".to_string(), embed_data);
     }
-    // vision.onnx (SigLIP + projector) belongs here when its builder lands; engine.json's
-    // `embed.image_features` is the rows it outputs.
+    // Gemma3ForConditionalGeneration: vision.onnx (SigLIP + projector), whose output rows are
+    // the embed graph's `image_features`. Its linears get the decoder's quantisation (the issue's
+    // int8 of "the decoder and vision linears"); pruning never touches it (outside the map).
+    let mut reports = built.reports;
+    let vision = if has_vision(&cfg_path)? {
+        let vspec = siglip::Gemma3Config::load(&cfg_path)?.vision_spec(&cfg_path)?;
+        let vb = siglip::build_vision(
+            &vspec,
+            src,
+            tmp,
+            &siglip::VisionOptions {
+                dtype,
+                linear: policy.linear,
+            },
+        )?;
+        known.insert("vision.onnx.data".to_string(), vb.data);
+        reports.extend(vb.reports);
+        Some(vb.config)
+    } else {
+        None
+    };
 
     let mut engine = built.config;
     engine.embed = Some(embed_cfg);
+    engine.vision = vision;
     build::write_json(&tmp.join("engine.json"), &engine)?;
     let prune_report = match (pruned, &prune) {
         (Some(src), Some((p, (map, map_source)))) => Some(PruneReport::new(
@@ -117,15 +137,18 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
         _ => None,
     };
     let files = Files {
-        reports: &built.reports,
+        reports: &reports,
         prune: prune_report.as_ref(),
         extra: &extra,
     };
     let pruning = files.write(tmp)?;
     let manifest = build::manifest(req, "gemma3", dtype, policy, pruning, tmp, known)?;
     staging.commit()?;
-    Ok(BuildSummary {
-        manifest,
-        reports: built.reports,
-    })
+    Ok(BuildSummary { manifest, reports })
+}
+
+/// Whether the checkpoint has a vision tower (`vision_config` in config.json).
+fn has_vision(cfg_path: &std::path::Path) -> Result<bool, Error> {
+    let v: serde_json::Value = crate::checkpoint::read_json(cfg_path)?;
+    Ok(v.get("vision_config").is_some())
 }
