@@ -20,11 +20,13 @@ use cog_weights::arch::Dtype;
 use cog_weights::build::{build, BuildRequest};
 use cog_weights::quant::QuantArg;
 use serde_json::json;
+
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{folder_bytes, VramSampler};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -114,18 +116,6 @@ fn main() {
     }
 }
 
-fn folder_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|it| {
-            it.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().contains(".opt."))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn child(dir: &Path, load_only: bool, args: &Args) -> Command {
     let mut c = Command::new(std::env::current_exe().expect("current exe"));
     c.arg("--measure")
@@ -164,61 +154,6 @@ fn child_measure(dir: &Path, args: &Args) -> serde_json::Value {
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let last = text.lines().rfind(|l| l.starts_with('{')).expect("no JSON");
     serde_json::from_str(last).expect("JSON")
-}
-
-/// Peak `memory.used` (MiB) over the process's life, from nvidia-smi samples every 50 ms.
-struct VramSampler {
-    peak: Arc<AtomicU64>,
-    before: Option<u64>,
-    child: Option<std::process::Child>,
-}
-
-impl VramSampler {
-    fn start() -> VramSampler {
-        let query = |extra: &[&str]| {
-            Command::new("nvidia-smi")
-                .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
-                .args(extra)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()
-        };
-        let before = query(&[])
-            .and_then(|c| c.wait_with_output().ok())
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
-        let peak = Arc::new(AtomicU64::new(0));
-        let mut child = query(&["-lms", "50"]);
-        if let Some(c) = child.as_mut() {
-            let out = c.stdout.take().expect("stdout");
-            let peak = peak.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if let Ok(v) = line.trim().parse::<u64>() {
-                        peak.fetch_max(v, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-        VramSampler {
-            peak,
-            before,
-            child,
-        }
-    }
-
-    /// Peak above the memory in use when sampling started, in GB.
-    fn peak_gb(&mut self) -> Option<f64> {
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let before = self.before?;
-        let peak = self.peak.load(Ordering::Relaxed);
-        (peak > 0).then(|| peak.saturating_sub(before) as f64 * 1024.0 * 1024.0 / 1e9)
-    }
 }
 
 fn measure(dir: &Path, args: &Args) {

@@ -1,0 +1,74 @@
+//! What the benchmark examples share: peak device memory from nvidia-smi samples, folder sizes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().contains(".opt."))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Peak `memory.used` (MiB) over the process's life, from nvidia-smi samples every 50 ms.
+pub struct VramSampler {
+    peak: Arc<AtomicU64>,
+    before: Option<u64>,
+    child: Option<std::process::Child>,
+}
+
+impl VramSampler {
+    pub fn start() -> VramSampler {
+        let query = |extra: &[&str]| {
+            Command::new("nvidia-smi")
+                .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()
+        };
+        let before = query(&[])
+            .and_then(|c| c.wait_with_output().ok())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        let peak = Arc::new(AtomicU64::new(0));
+        let mut child = query(&["-lms", "50"]);
+        if let Some(c) = child.as_mut() {
+            let out = c.stdout.take().expect("stdout");
+            let peak = peak.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(v) = line.trim().parse::<u64>() {
+                        peak.fetch_max(v, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        VramSampler {
+            peak,
+            before,
+            child,
+        }
+    }
+
+    /// Peak above the memory in use when sampling started, in GB.
+    pub fn peak_gb(&mut self) -> Option<f64> {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let before = self.before?;
+        let peak = self.peak.load(Ordering::Relaxed);
+        (peak > 0).then(|| peak.saturating_sub(before) as f64 * 1024.0 * 1024.0 / 1e9)
+    }
+}
