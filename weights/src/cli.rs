@@ -50,6 +50,10 @@ pub struct BuildArgs {
     /// map, e.g. weights/recipes/gemma3.prune.json).
     #[arg(long, requires = "prune")]
     pub filter_map: Option<PathBuf>,
+    /// FLUX pipelines only: a LoRA to pack into the transformer's slots, `NAME=FILE` (NAME: the
+    /// trigger set that activates it, e.g. `ghibsky`) or `FILE`; repeat for several.
+    #[arg(long = "lora", value_name = "[NAME=]FILE")]
+    pub lora: Vec<crate::arch::flux_pipeline::LoraArg>,
 }
 
 impl BuildArgs {
@@ -77,7 +81,15 @@ pub fn run(cmd: WeightsCommand) -> Result<(), Error> {
                 prune,
                 command: std::env::args().collect(),
             };
-            let summary = build(&req)?;
+            let summary = if crate::arch::flux_pipeline::is_flux_pipeline(&req.input) {
+                crate::arch::flux_pipeline::build_folder(&req, &a.lora)?
+            } else if !a.lora.is_empty() {
+                return Err(Error::Unsupported(
+                    "--lora applies to FLUX pipeline folders (model_index.json) only".into(),
+                ));
+            } else {
+                build(&req)?
+            };
             let m = &summary.manifest;
             let total: u64 = m.files.values().map(|f| f.size).sum();
             println!(
