@@ -92,6 +92,22 @@ pub fn run(cmd: WeightsCommand) -> Result<(), Error> {
             };
             let m = &summary.manifest;
             let total: u64 = m.files.values().map(|f| f.size).sum();
+            if m.architecture == "flux" {
+                let q: Vec<String> = m
+                    .quantization
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                println!(
+                    "built flux ({}, {}) into {}: {} files, {:.1} MiB",
+                    m.dtype,
+                    q.join(", "),
+                    req.output.display(),
+                    m.files.len(),
+                    total as f64 / (1 << 20) as f64
+                );
+                return Ok(());
+            }
             println!(
                 "built {} ({}, linear {}, lm_head {}) into {}: {} files, {:.1} MiB",
                 m.architecture,
