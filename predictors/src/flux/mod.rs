@@ -36,12 +36,11 @@ pub fn setup(ctx: &SetupContext, name: &str) -> Result<Loaded, SetupError> {
              <diffusers FLUX folder> -o DIR [--lora NAME=FILE]...`)"
         )));
     };
-    let dir = crate::weights_source::resolve(
-        w,
-        &crate::weights_source::default_cache_dir(),
-        &|line| ctx.log(line),
-    )
-    .map_err(SetupError::new)?;
+    let dir =
+        crate::weights_source::resolve(w, &crate::weights_source::default_cache_dir(), &|line| {
+            ctx.log(line)
+        })
+        .map_err(SetupError::new)?;
     if !FluxPipeline::is_pipeline_dir(&dir) {
         return Err(SetupError::new(format!(
             "{} is not a compiled FLUX pipeline (no pipeline.json); build one with `cogrs weights \
@@ -123,7 +122,10 @@ pub fn run(
     }
     ctx.log(triggers::describe(&gen.styles, gen.lora_scale));
     let switch = p.set_lora_scales(&per_lora).map_err(failed)?;
-    ctx.log(format!("LoRA scales set in {:.3} ms", switch.as_secs_f64() * 1e3));
+    ctx.log(format!(
+        "LoRA scales set in {:.3} ms",
+        switch.as_secs_f64() * 1e3
+    ));
     ctx.metric("lora_switch_ms", switch.as_secs_f64() * 1e3);
     ctx.metric(
         "active_loras",
@@ -149,6 +151,7 @@ pub fn run(
         ),
         None => None,
     };
+    let schedule = p.reschedule(&gen.schedule, shape.seq_len());
     let mut outputs = Vec::new();
     let mut step_seconds = Vec::new();
     for i in 0..gen.num_outputs {
@@ -156,7 +159,7 @@ pub fn run(
             prompt: &embeds,
             width: gen.width,
             height: gen.height,
-            schedule: &gen.schedule,
+            schedule: &schedule,
             guidance: gen.guidance,
             noise: noise(seed, i, shape.len(), 0),
             init: init_chw.as_ref().map(|chw| InitImage {

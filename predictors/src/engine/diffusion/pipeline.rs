@@ -7,7 +7,7 @@
 
 use super::denoise::{self, Progress};
 use super::latents::{self, LatentShape, VaeScaling};
-use super::schedule::Schedule;
+use super::schedule::{Schedule, ShiftConfig};
 use super::tensors::{self, Elem};
 use super::tokenize::{self, FixedLength};
 use crate::engine::ort_env::{self, SessionOptions};
@@ -115,6 +115,14 @@ impl FluxPipeline {
     /// Builds the four sessions and binds the LoRA slot tensors (all LoRAs off).
     pub fn load(dir: &Path, opts: &SessionOptions) -> Result<Self, PipelineError> {
         let desc: PipelineDescription = read_json(&dir.join(DESCRIPTION_FILE))?;
+        if !desc.scheduler.use_dynamic_shifting {
+            return Err(PipelineError::Folder {
+                path: dir.join(DESCRIPTION_FILE),
+                msg: "the scheduler has use_dynamic_shifting off; only FLUX.1-dev's dynamic \
+                      shift is supported"
+                    .into(),
+            });
+        }
         let engine: TransformerEngine = read_json(&dir.join(&desc.transformer))?;
         let folder = |msg: String| PipelineError::Folder {
             path: dir.to_path_buf(),
@@ -182,6 +190,30 @@ impl FluxPipeline {
     /// The LoRAs packed into the folder, in slot order (empty without LoRAs).
     pub fn loras(&self) -> &[PackedLora] {
         self.desc.lora.as_ref().map_or(&[], |l| &l.loras)
+    }
+
+    /// The folder's scheduler shift parameters.
+    pub fn shift_config(&self) -> ShiftConfig {
+        let s = &self.desc.scheduler;
+        ShiftConfig {
+            base_image_seq_len: s.base_image_seq_len,
+            max_image_seq_len: s.max_image_seq_len,
+            base_shift: s.base_shift,
+            max_shift: s.max_shift,
+        }
+    }
+
+    /// `schedule` (validated with FLUX.1-dev's scheduler values) recomputed with this folder's,
+    /// entered at the same step.
+    pub fn reschedule(&self, schedule: &Schedule, image_seq_len: usize) -> Schedule {
+        let cfg = self.shift_config();
+        if cfg == ShiftConfig::default() {
+            return schedule.clone();
+        }
+        let mut s = Schedule::flux(schedule.timesteps.len(), image_seq_len, &cfg)
+            .expect("a validated schedule has steps");
+        s.begin = schedule.begin;
+        s
     }
 
     pub fn latent_channels(&self) -> usize {
