@@ -13,11 +13,12 @@ use super::tokenize::{self, FixedLength};
 use crate::engine::ort_env::{self, SessionOptions};
 use cog_weights::arch::flux::config::TransformerEngine;
 use cog_weights::arch::flux_pipeline::{PackedLora, PipelineDescription, DESCRIPTION_FILE};
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod step;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -150,7 +151,7 @@ impl FluxPipeline {
             .create_binding()
             .map_err(|e| folder(e.to_string()))?;
         if let (Some(pack), Some(_)) = (&desc.lora, &engine.lora) {
-            bind_slots(&mut binding, &dir.join(&pack.file), elem[0]).map_err(&folder)?;
+            step::bind_slots(&mut binding, &dir.join(&pack.file), elem[0]).map_err(&folder)?;
         }
         let tokens = &desc.tokenizers;
         let p = FluxPipeline {
@@ -301,19 +302,22 @@ impl FluxPipeline {
         };
         let noise = latents::pack(&job.noise, shape);
         let mut x = denoise::initial_latents(job.schedule, noise, image_latents.as_deref());
-        let img_ids = latents::image_ids(shape);
         let mut step_seconds = Vec::new();
+        // Held for the whole loop: the conditioning bound here must stay until the last step.
+        let mut tf = self.transformer.lock().expect("transformer lock");
+        self.bind_conditioning(&mut tf, &job, shape)?;
         denoise::denoise(
             job.schedule,
             &mut x,
             |lat, step| {
                 let t0 = Instant::now();
-                let v = self.velocity(&job, shape, lat, &img_ids, step.timestep);
+                let v = self.velocity(&mut tf, shape, lat, step.timestep);
                 step_seconds.push(t0.elapsed().as_secs_f64());
                 v
             },
             |p| before_step(p),
         )?;
+        drop(tf);
         let mut z = latents::unpack(&x, shape);
         self.vae_scaling.to_vae(&mut z);
         let dims = [1, shape.channels, shape.height, shape.width];
@@ -364,94 +368,6 @@ impl FluxPipeline {
         self.vae_scaling.from_vae(&mut z);
         Ok(z)
     }
-
-    fn velocity(
-        &self,
-        job: &Job,
-        shape: LatentShape,
-        lat: &[f32],
-        img_ids: &[f32],
-        timestep: f32,
-    ) -> Result<Vec<f32>, PipelineError> {
-        let err = run_err("transformer");
-        let io = &self.engine.io;
-        let cfg = &self.engine.config;
-        let e = self.elem[0];
-        let n_img = shape.seq_len();
-        let n_txt = job.prompt.n_txt;
-        let mut tf = self.transformer.lock().expect("transformer lock");
-        let mut bind = |name: &str, t: ort::value::DynTensor| -> Result<(), PipelineError> {
-            tf.binding
-                .bind_input(name, &t)
-                .map_err(|e| err(e.to_string()))
-        };
-        bind(
-            &io.hidden_states,
-            tensors::tensor(e, &[1, n_img, shape.token_dim()], lat).map_err(&err)?,
-        )?;
-        bind(
-            &io.encoder_hidden_states,
-            tensors::tensor(e, &[1, n_txt, cfg.joint_attention_dim], &job.prompt.embeds)
-                .map_err(&err)?,
-        )?;
-        bind(
-            &io.pooled_projections,
-            tensors::tensor(e, &[1, cfg.pooled_projection_dim], &job.prompt.pooled)
-                .map_err(&err)?,
-        )?;
-        bind(
-            &io.timestep,
-            tensors::f32_tensor(&[1], vec![timestep]).map_err(&err)?,
-        )?;
-        if let Some(g) = &io.guidance {
-            let gv = denoise::guidance_input(job.guidance, 1);
-            bind(g, tensors::f32_tensor(&[1], gv).map_err(&err)?)?;
-        }
-        bind(
-            &io.img_ids,
-            tensors::f32_tensor(&[n_img, 3], img_ids.to_vec()).map_err(&err)?,
-        )?;
-        bind(
-            &io.txt_ids,
-            tensors::f32_tensor(&[n_txt, 3], latents::text_ids(n_txt)).map_err(&err)?,
-        )?;
-        let host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(|e| err(e.to_string()))?;
-        let Transformer {
-            session, binding, ..
-        } = &mut *tf;
-        binding
-            .bind_output_to_device(io.sample.as_str(), &host)
-            .map_err(|e| err(e.to_string()))?;
-        let out = session
-            .run_binding(binding)
-            .map_err(|e| err(e.to_string()))?;
-        let (_, v) = tensors::to_f32(output(&out, &io.sample, "transformer")?).map_err(&err)?;
-        Ok(v)
-    }
-}
-
-/// Binds every tensor of the folder's `lora_slots.safetensors` (f32, the graph's input names).
-fn bind_slots(binding: &mut IoBinding, path: &Path, elem: Elem) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
-    for (name, view) in st.tensors() {
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let t = tensors::tensor(elem, view.shape(), &data)?;
-        binding
-            .bind_input(name.as_str(), &t)
-            .map_err(|e| format!("{name}: {e}"))?;
-    }
-    Ok(())
 }
 
 /// Runs a one-input graph on token ids; returns its output `output` (shape, f32 data).
