@@ -81,6 +81,7 @@ fn flux_pipeline_matches_diffusers_and_switches_loras() {
 
     let run = |img2img: bool| {
         let job = Job {
+            batch: 1,
             prompt: &embeds,
             width: w,
             height: h,
@@ -177,6 +178,7 @@ fn flux_pipeline_int8_runs() {
     for (case, scales) in [("off", [0.0, 0.0]), ("both", [0.8, 1.2])] {
         p.set_lora_scales(&scales).unwrap();
         let job = Job {
+            batch: 1,
             prompt: &embeds,
             width: 64,
             height: 64,
@@ -190,5 +192,55 @@ fn flux_pipeline_int8_runs() {
         let db = psnr(&img.chw, &golden);
         eprintln!("int8 txt2img {case}: PSNR {db:.1} dB");
         assert!(db >= INT8_MIN_PSNR, "int8 txt2img {case}: PSNR {db:.2} dB");
+    }
+}
+
+/// A batch of two images (one transformer call per step) gives each image as a run of its own.
+#[test]
+fn flux_pipeline_batch_equals_single_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = compile(work.path(), Dtype::Fp32, QuantArg::None);
+    let opts = SessionOptions {
+        no_cache: true,
+        ..Default::default()
+    };
+    let p = FluxPipeline::load(&dir, &opts).expect("load");
+    p.set_lora_scales(&[0.8, 1.2]).unwrap();
+    let embeds = p.encode_prompt("GHIBSKY style, a Cinematic cat").unwrap();
+    let init = image_io::load_for_vae(&fixture().join("init.png"), 64, 64).unwrap();
+    let cfg = ShiftConfig::default();
+    let noises = [f32_file("noise.f32"), f32_file("img2img_noise.f32")];
+    for (schedule, img2img) in [
+        (Schedule::flux(3, 16, &cfg).unwrap(), false),
+        (Schedule::img2img(4, 16, 0.6, &cfg).unwrap(), true),
+    ] {
+        let job = |noise: &[&Vec<f32>]| Job {
+            batch: noise.len(),
+            prompt: &embeds,
+            width: 64,
+            height: 64,
+            schedule: &schedule,
+            guidance: 3.5,
+            noise: noise.iter().flat_map(|n| n.iter().copied()).collect(),
+            init: img2img.then(|| InitImage {
+                chw: init.clone(),
+                // each image's noise negated as its posterior noise: any standard normal will do
+                posterior_noise: noise.iter().flat_map(|n| n.iter().map(|x| -x)).collect(),
+            }),
+        };
+        let both = p
+            .generate(job(&[&noises[0], &noises[1]]), &mut |_| Ok(()))
+            .unwrap();
+        let mut one = p.generate(job(&[&noises[0]]), &mut |_| Ok(())).unwrap();
+        let two = p.generate(job(&[&noises[1]]), &mut |_| Ok(())).unwrap();
+        one.chw.extend(two.chw);
+        let diff = both
+            .chw
+            .iter()
+            .zip(&one.chw)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("batch of 2 vs single runs (img2img {img2img}): max abs diff {diff:e}");
+        assert!(diff <= 1e-4, "batch differs from single runs by {diff}");
     }
 }

@@ -80,8 +80,8 @@ fn failed(e: PipelineError) -> PredictError {
     }
 }
 
-/// Noise for image `i` of a request: its own stream per image; img2img's VAE posterior sample
-/// uses a second stream.
+/// Noise for image `i` of a request (`len` values): its own stream per image; img2img's VAE
+/// posterior sample uses a second stream (`stream` 1).
 fn noise(seed: u64, i: usize, len: usize, stream: u64) -> Vec<f32> {
     denoise::gaussian_noise(
         seed.wrapping_add(i as u64)
@@ -152,40 +152,42 @@ pub fn run(
         None => None,
     };
     let schedule = p.reschedule(&gen.schedule, shape.seq_len());
+    let n = gen.num_outputs;
+    let stream = |k: u64| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| noise(seed, i, shape.len(), k))
+            .collect()
+    };
+    let job = Job {
+        batch: n,
+        prompt: &embeds,
+        width: gen.width,
+        height: gen.height,
+        schedule: &schedule,
+        guidance: gen.guidance,
+        noise: stream(0),
+        init: init_chw.map(|chw| InitImage {
+            chw,
+            posterior_noise: stream(1),
+        }),
+    };
+    let img = p
+        .generate(job, &mut |pr| {
+            if ctx.is_cancelled() {
+                return Err(PipelineError::Cancelled);
+            }
+            ctx.log(format!(
+                "step {}/{} (t = {:.3}, {n} image(s))",
+                pr.number, pr.total, pr.step.timestep
+            ));
+            Ok(())
+        })
+        .map_err(failed)?;
+    ctx.check_cancelled()?;
+    let step_seconds = img.step_seconds.clone();
     let mut outputs = Vec::new();
-    let mut step_seconds = Vec::new();
-    for i in 0..gen.num_outputs {
-        let job = Job {
-            prompt: &embeds,
-            width: gen.width,
-            height: gen.height,
-            schedule: &schedule,
-            guidance: gen.guidance,
-            noise: noise(seed, i, shape.len(), 0),
-            init: init_chw.as_ref().map(|chw| InitImage {
-                chw: chw.clone(),
-                posterior_noise: noise(seed, i, shape.len(), 1),
-            }),
-        };
-        let img = p
-            .generate(job, &mut |pr| {
-                if ctx.is_cancelled() {
-                    return Err(PipelineError::Cancelled);
-                }
-                ctx.log(format!(
-                    "image {}/{}: step {}/{} (t = {:.3})",
-                    i + 1,
-                    gen.num_outputs,
-                    pr.number,
-                    pr.total,
-                    pr.step.timestep
-                ));
-                Ok(())
-            })
-            .map_err(failed)?;
-        ctx.check_cancelled()?;
-        step_seconds.extend(&img.step_seconds);
-        let rgb = image_io::to_rgb8(&img.chw, img.width, img.height);
+    for i in 0..n {
+        let rgb = image_io::to_rgb8(img.image(i), img.width, img.height);
         let bytes = image_io::encode(
             &rgb,
             img.width,

@@ -49,31 +49,40 @@ pub struct PromptEmbeds {
 
 /// The img2img start: the image and the VAE posterior's noise.
 pub struct InitImage {
-    /// (3, H, W) in [-1, 1] at the generation size.
+    /// (3, H, W) in [-1, 1] at the generation size (the same start for every image of the batch).
     pub chw: Vec<f32>,
-    /// Standard normal, the latent size (1, C, H/8, W/8): mean + std · this is the sample.
+    /// Standard normal over (batch, C, H/8, W/8): image b's sample is mean + std · its slice.
     pub posterior_noise: Vec<f32>,
 }
 
-/// One image to make.
+/// A batch of images from one prompt, denoised together (one transformer call per step).
 pub struct Job<'a> {
+    pub batch: usize,
     pub prompt: &'a PromptEmbeds,
     pub width: u32,
     pub height: u32,
     pub schedule: &'a Schedule,
     pub guidance: f32,
-    /// Standard normal noise over (1, C, H/8, W/8).
+    /// Standard normal noise over (batch, C, H/8, W/8).
     pub noise: Vec<f32>,
     pub init: Option<InitImage>,
 }
 
-/// A decoded image: (3, H, W) in [-1, 1] as the VAE returns it (not clamped).
+/// Decoded images: (batch, 3, H, W) in [-1, 1] as the VAE returns them (not clamped).
 pub struct Decoded {
     pub width: u32,
     pub height: u32,
     pub chw: Vec<f32>,
     /// Seconds per transformer step.
     pub step_seconds: Vec<f64>,
+}
+
+impl Decoded {
+    /// Image `i` of the batch, (3, H, W).
+    pub fn image(&self, i: usize) -> &[f32] {
+        let n = 3 * (self.width * self.height) as usize;
+        &self.chw[i * n..(i + 1) * n]
+    }
 }
 
 struct Transformer {
@@ -278,14 +287,15 @@ impl FluxPipeline {
         })
     }
 
-    /// Makes one image. `before_step` runs before every transformer step (progress, cancel).
+    /// Makes a batch of images. `before_step` runs before every transformer step (progress,
+    /// cancel).
     pub fn generate(
         &self,
         job: Job,
         before_step: &mut dyn FnMut(&Progress) -> Result<(), PipelineError>,
     ) -> Result<Decoded, PipelineError> {
         let shape = LatentShape::for_image(
-            1,
+            job.batch,
             self.latent_channels(),
             job.width as usize,
             job.height as usize,
@@ -320,7 +330,7 @@ impl FluxPipeline {
         drop(tf);
         let mut z = latents::unpack(&x, shape);
         self.vae_scaling.to_vae(&mut z);
-        let dims = [1, shape.channels, shape.height, shape.width];
+        let dims = [job.batch, shape.channels, shape.height, shape.width];
         let input = tensors::tensor(self.elem[3], &dims, &z).map_err(run_err("vae_decoder"))?;
         let mut s = self.vae_decoder.lock().expect("vae lock");
         let out = s
@@ -336,7 +346,7 @@ impl FluxPipeline {
         })
     }
 
-    /// VAE encoder → posterior sample → (z − shift) · scaling, unpacked.
+    /// VAE encoder (once) → a posterior sample per image → (z − shift) · scaling, unpacked.
     fn encode_image(
         &self,
         init: &InitImage,
@@ -353,17 +363,22 @@ impl FluxPipeline {
             tensors::to_f32(output(&out, "latent_mean", "vae_encoder")?).map_err(&err)?;
         let (_, logvar) =
             tensors::to_f32(output(&out, "latent_logvar", "vae_encoder")?).map_err(&err)?;
-        if mean.len() != shape.len() || init.posterior_noise.len() != shape.len() {
+        let per_image = shape.len() / shape.batch;
+        if mean.len() != per_image || init.posterior_noise.len() != shape.len() {
             return Err(err(format!(
                 "latent of {} values for {shape:?}",
                 mean.len()
             )));
         }
-        let mut z: Vec<f32> = mean
-            .iter()
-            .zip(&logvar)
-            .zip(&init.posterior_noise)
-            .map(|((m, lv), n)| m + (0.5 * lv).exp() * n)
+        let mut z: Vec<f32> = init
+            .posterior_noise
+            .chunks_exact(per_image)
+            .flat_map(|noise| {
+                mean.iter()
+                    .zip(&logvar)
+                    .zip(noise)
+                    .map(|((m, lv), n)| m + (0.5 * lv).exp() * n)
+            })
             .collect();
         self.vae_scaling.from_vae(&mut z);
         Ok(z)

@@ -30,26 +30,27 @@ impl FluxPipeline {
         shape: LatentShape,
     ) -> Result<(), PipelineError> {
         let (io, cfg, e) = (&self.engine.io, &self.engine.config, self.elem[0]);
-        let (n_img, n_txt) = (shape.seq_len(), job.prompt.n_txt);
+        let (n_img, n_txt, batch) = (shape.seq_len(), job.prompt.n_txt, job.batch);
         let b = &mut tf.binding;
-        let embeds = &job.prompt.embeds;
-        let t5_dims = [1, n_txt, cfg.joint_attention_dim];
+        let embeds = job.prompt.embeds.repeat(batch);
+        let t5_dims = [batch, n_txt, cfg.joint_attention_dim];
         bind(
             b,
             &io.encoder_hidden_states,
-            tensors::tensor(e, &t5_dims, embeds),
+            tensors::tensor(e, &t5_dims, &embeds),
         )?;
-        let pooled_dims = [1, cfg.pooled_projection_dim];
+        let pooled = job.prompt.pooled.repeat(batch);
+        let pooled_dims = [batch, cfg.pooled_projection_dim];
         bind(
             b,
             &io.pooled_projections,
-            tensors::tensor(e, &pooled_dims, &job.prompt.pooled),
+            tensors::tensor(e, &pooled_dims, &pooled),
         )?;
         if let Some(g) = &io.guidance {
             bind(
                 b,
                 g,
-                tensors::f32_tensor(&[1], denoise::guidance_input(job.guidance, 1)),
+                tensors::f32_tensor(&[batch], denoise::guidance_input(job.guidance, batch)),
             )?;
         }
         let img_ids = latents::image_ids(shape);
@@ -81,7 +82,7 @@ impl FluxPipeline {
     ) -> Result<Vec<f32>, PipelineError> {
         let err = run_err("transformer");
         let io = &self.engine.io;
-        let dims = [1, shape.seq_len(), shape.token_dim()];
+        let dims = [shape.batch, shape.seq_len(), shape.token_dim()];
         bind(
             &mut tf.binding,
             &io.hidden_states,
@@ -90,7 +91,7 @@ impl FluxPipeline {
         bind(
             &mut tf.binding,
             &io.timestep,
-            tensors::f32_tensor(&[1], vec![timestep]),
+            tensors::f32_tensor(&[shape.batch], vec![timestep; shape.batch]),
         )?;
         let Transformer {
             session, binding, ..
