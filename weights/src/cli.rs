@@ -175,6 +175,46 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_flux_form() {
+        let cli = Cli::try_parse_from([
+            "cogrs",
+            "build",
+            "flux",
+            "-o",
+            "out",
+            "--quant",
+            "int8",
+            "--lora",
+            "ghibsky=g.st",
+            "--lora",
+            "dir/prefs.safetensors",
+        ])
+        .unwrap();
+        match cli.cmd {
+            WeightsCommand::Build(a) => {
+                assert_eq!(a.quant, Some(QuantArg::Rtn8));
+                let got: Vec<_> = a
+                    .lora
+                    .iter()
+                    .map(|l| (l.name.as_str(), l.path.clone()))
+                    .collect();
+                assert_eq!(
+                    got,
+                    [
+                        ("ghibsky", PathBuf::from("g.st")),
+                        ("prefs", PathBuf::from("dir/prefs.safetensors"))
+                    ]
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["cogrs", "build", "f", "-o", "o", "--quant", "int4"]);
+        assert!(
+            matches!(cli.unwrap().cmd, WeightsCommand::Build(a) if a.quant == Some(QuantArg::Rtn4))
+        );
+    }
+
+    #[test]
     fn parses_the_documented_form() {
         let cli = Cli::try_parse_from([
             "cogrs", "build", "ckpt", "-o", "out", "--dtype", "bf16", "--quant", "hqq8",
