@@ -2,6 +2,7 @@
 
 pub mod default_model;
 pub mod engine;
+pub mod flux;
 pub mod gemma3;
 pub mod phi4;
 pub mod smollm3;
@@ -17,5 +18,7 @@ pub fn registry() -> Registry {
         PredictorDef::of::<smollm3::SmolLM3>("smollm3"),
         PredictorDef::of::<phi4::Phi4Reasoning>("phi4-reasoning"),
         PredictorDef::of::<gemma3::Gemma3Vision>("gemma3-vision"),
+        PredictorDef::of::<flux::FluxTxt2Img>("flux-txt2img"),
+        PredictorDef::of::<flux::FluxImg2Img>("flux-img2img"),
     ])
 }

@@ -117,6 +117,9 @@ pub(crate) fn generation_eos(dir: &Path) -> Result<Vec<u32>, Error> {
 }
 
 pub fn build(req: &BuildRequest) -> Result<BuildSummary, Error> {
+    if crate::arch::flux_pipeline::is_flux_pipeline(&req.input) {
+        return crate::arch::flux_pipeline::build_folder(req, &[]);
+    }
     let is_gguf = req.input.extension().is_some_and(|e| e == "gguf");
     let cfg_path = req.input.join("config.json");
     if !is_gguf && cfg_path.is_file() {

@@ -50,6 +50,10 @@ pub struct BuildArgs {
     /// map, e.g. weights/recipes/gemma3.prune.json).
     #[arg(long, requires = "prune")]
     pub filter_map: Option<PathBuf>,
+    /// FLUX pipelines only: a LoRA to pack into the transformer's slots, `NAME=FILE` (NAME: the
+    /// trigger set that activates it, e.g. `ghibsky`) or `FILE`; repeat for several.
+    #[arg(long = "lora", value_name = "[NAME=]FILE")]
+    pub lora: Vec<crate::arch::flux_pipeline::LoraArg>,
 }
 
 impl BuildArgs {
@@ -77,9 +81,33 @@ pub fn run(cmd: WeightsCommand) -> Result<(), Error> {
                 prune,
                 command: std::env::args().collect(),
             };
-            let summary = build(&req)?;
+            let summary = if crate::arch::flux_pipeline::is_flux_pipeline(&req.input) {
+                crate::arch::flux_pipeline::build_folder(&req, &a.lora)?
+            } else if !a.lora.is_empty() {
+                return Err(Error::Unsupported(
+                    "--lora applies to FLUX pipeline folders (model_index.json) only".into(),
+                ));
+            } else {
+                build(&req)?
+            };
             let m = &summary.manifest;
             let total: u64 = m.files.values().map(|f| f.size).sum();
+            if m.architecture == "flux" {
+                let q: Vec<String> = m
+                    .quantization
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                println!(
+                    "built flux ({}, {}) into {}: {} files, {:.1} MiB",
+                    m.dtype,
+                    q.join(", "),
+                    req.output.display(),
+                    m.files.len(),
+                    total as f64 / (1 << 20) as f64
+                );
+                return Ok(());
+            }
             println!(
                 "built {} ({}, linear {}, lm_head {}) into {}: {} files, {:.1} MiB",
                 m.architecture,
@@ -144,6 +172,46 @@ mod tests {
     struct Cli {
         #[command(subcommand)]
         cmd: WeightsCommand,
+    }
+
+    #[test]
+    fn parses_the_flux_form() {
+        let cli = Cli::try_parse_from([
+            "cogrs",
+            "build",
+            "flux",
+            "-o",
+            "out",
+            "--quant",
+            "int8",
+            "--lora",
+            "ghibsky=g.st",
+            "--lora",
+            "dir/prefs.safetensors",
+        ])
+        .unwrap();
+        match cli.cmd {
+            WeightsCommand::Build(a) => {
+                assert_eq!(a.quant, Some(QuantArg::Rtn8));
+                let got: Vec<_> = a
+                    .lora
+                    .iter()
+                    .map(|l| (l.name.as_str(), l.path.clone()))
+                    .collect();
+                assert_eq!(
+                    got,
+                    [
+                        ("ghibsky", PathBuf::from("g.st")),
+                        ("prefs", PathBuf::from("dir/prefs.safetensors"))
+                    ]
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["cogrs", "build", "f", "-o", "o", "--quant", "int4"]);
+        assert!(
+            matches!(cli.unwrap().cmd, WeightsCommand::Build(a) if a.quant == Some(QuantArg::Rtn4))
+        );
     }
 
     #[test]

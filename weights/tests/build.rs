@@ -250,6 +250,7 @@ fn cli_build_then_verify() {
         gradual_steps: 10,
         compact: false,
         filter_map: None,
+        lora: vec![],
     }))
     .unwrap();
     // Phi-3's defaults are recorded in the manifest.

@@ -4,6 +4,7 @@ pub mod clip;
 pub mod decoder;
 pub mod flux;
 pub mod flux_encoders;
+pub mod flux_pipeline;
 pub mod gemma3;
 pub mod graph;
 pub mod nn;

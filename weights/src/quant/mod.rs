@@ -39,7 +39,9 @@ impl Scheme {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QuantArg {
     None,
+    #[value(alias = "int4")]
     Rtn4,
+    #[value(alias = "int8")]
     Rtn8,
     Hqq4,
     Hqq8,

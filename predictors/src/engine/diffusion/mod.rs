@@ -15,14 +15,19 @@
 //!    read by [`lora`]); its hook checks cancellation and logs progress.
 //! 6. [`latents::unpack`] → [`latents::VaeScaling::to_vae`] → VAE decoder → [`image_io::to_rgb8`]
 //!    → [`image_io::encode`].
+//!
+//! [`pipeline::FluxPipeline`] runs steps 2–6 on a folder `cogrs weights build` compiled from a
+//! diffusers FLUX pipeline ([`tensors`] converts buffers to the graphs' dtype).
 
 pub mod denoise;
 pub mod image_io;
 pub mod inputs;
 pub mod latents;
 pub mod lora;
+pub mod pipeline;
 pub mod schedule;
 pub mod sizes;
 pub mod slots;
+pub mod tensors;
 pub mod tokenize;
 pub mod triggers;
