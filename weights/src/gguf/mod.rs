@@ -6,6 +6,7 @@ pub mod dequant;
 pub mod gemma3;
 pub mod kquants;
 pub mod reader;
+pub mod spm;
 pub mod tokenizer;
 
 use crate::arch::{Arch, DecoderSpec, Rope};
