@@ -3,6 +3,7 @@
 pub mod default_model;
 pub mod engine;
 pub mod phi4;
+pub mod smoke_test;
 pub mod smollm3;
 pub mod text;
 pub mod weights_check;
