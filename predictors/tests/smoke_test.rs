@@ -97,3 +97,67 @@ fn moderate_pruning_passes() {
     assert!(r.passed && out.join(REPORT).is_file());
     assert_eq!(r.thresholds, default_thresholds(true));
 }
+
+/// The `cogrs weights build` command line: a quantised build prints the smoke test's numbers and
+/// keeps the folder; the broken build exits non-zero and leaves nothing; `--no-smoke-test` skips.
+#[test]
+fn cli_gates_the_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cogrs = |extra: &[&str], out: &std::path::Path| {
+        let mut args = vec![
+            "weights".to_string(),
+            "build".into(),
+            fixture("gemma3_text").display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+            "--dtype".into(),
+            "fp32".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_cogrs"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let map = fixture("../recipes/gemma3.prune.all-linears.json");
+    let map = map.to_str().unwrap();
+    let broken = [
+        "--prune",
+        "magnitude",
+        "--sparsity",
+        "0.95",
+        "--filter-map",
+        map,
+    ];
+
+    let ok = tmp.path().join("rtn8");
+    let o = cogrs(&["--quant", "rtn8"], &ok);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("smoke test passed"), "{stdout}");
+    assert!(ok.join(REPORT).is_file());
+
+    let bad = tmp.path().join("broken");
+    let o = cogrs(&broken, &bad);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("smoke test failed"), "{stderr}");
+    assert!(!bad.exists());
+
+    let skipped = tmp.path().join("skipped");
+    let mut args = broken.to_vec();
+    args.push("--no-smoke-test");
+    let o = cogrs(&args, &skipped);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(skipped.join("manifest.json").is_file() && !skipped.join(REPORT).exists());
+
+    // Unoptimised builds are not smoke-tested.
+    let plain = tmp.path().join("plain");
+    let o = cogrs(&[], &plain);
+    assert!(o.status.success());
+    assert!(!plain.join(REPORT).exists());
+}

@@ -14,6 +14,9 @@
 //! deployment), run teacher-forced in chunks of 128 tokens with the KV cache, and compared with
 //! the fp32 build position by position ([`cog_weights::smoke::Compare`]: top-1 agreement and mean
 //! KL(fp32 ‖ config)). Configurations run one after another; each folder is deleted after use.
+//! "fp32 (bf16 weights)": the same, from a bf16 safetensors checkpoint written from the GGUF (every
+//! tensor rounded to bf16 as the released checkpoint stores them), compiled with fp32 compute: the
+//! weight half of the bf16 deployment's rounding (the activations stay fp32).
 //! "with map": the built-in filter map (weights/recipes/gemma3.prune.json); "all linears":
 //! weights/recipes/gemma3.prune.all-linears.json (every decoder-layer linear, still never
 //! embeddings, lm_head or norms).
@@ -34,6 +37,8 @@ const CHUNK: usize = 128;
 
 struct Config {
     name: String,
+    /// Compile the bf16 checkpoint instead of the GGUF.
+    bf16: bool,
     quant: QuantArg,
     prune: Option<PruneRequest>,
 }
@@ -42,11 +47,19 @@ fn configs() -> Vec<Config> {
     let mut v = vec![
         Config {
             name: "fp32".into(),
+            bf16: false,
+            quant: QuantArg::None,
+            prune: None,
+        },
+        Config {
+            name: "fp32 (bf16 weights)".into(),
+            bf16: true,
             quant: QuantArg::None,
             prune: None,
         },
         Config {
             name: "rtn8".into(),
+            bf16: false,
             quant: QuantArg::Rtn8,
             prune: None,
         },
@@ -62,6 +75,7 @@ fn configs() -> Vec<Config> {
             for (map, tag) in [(None, "map"), (Some(all.clone()), "all")] {
                 v.push(Config {
                     name: format!("{label}-{pct}-{tag}"),
+                    bf16: false,
                     quant: QuantArg::None,
                     prune: Some(PruneRequest {
                         method,
@@ -100,6 +114,61 @@ fn run(dir: &Path, ids: &[i64], mut each: impl FnMut(usize, Vec<Vec<f32>>)) {
     }
 }
 
+/// A Hugging Face folder (config.json, bf16 model.safetensors, tokenizer files) from the GGUF.
+fn bf16_checkpoint(gguf: &Path, dir: &Path) -> PathBuf {
+    use cog_weights::checkpoint::TensorSource;
+    let (cfg, src) = cog_weights::gguf::gemma3::open(gguf).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    for (name, bytes) in cog_weights::gguf::spm::gemma_files(src.gguf(), &[1]).unwrap() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let layers = cfg["num_hidden_layers"].as_u64().unwrap();
+    let mut names = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".into(),
+    ];
+    for i in 0..layers {
+        for n in [
+            "input_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "post_feedforward_layernorm",
+        ] {
+            names.push(format!("model.layers.{i}.{n}.weight"));
+        }
+    }
+    // safetensors by hand: u64 header length, JSON header, then the data.
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+    for n in &names {
+        let t = src.get(n).unwrap();
+        let start = data.len();
+        for x in &t.data {
+            data.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes());
+        }
+        header.insert(
+            n.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": t.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::Value::Object(header).to_string().into_bytes();
+    h.resize(h.len().div_ceil(8) * 8, b' ');
+    let mut f = std::fs::File::create(dir.join("model.safetensors")).unwrap();
+    f.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(&h).unwrap();
+    f.write_all(&data).unwrap();
+    dir.to_path_buf()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let root = crate_dir().join("..");
@@ -123,7 +192,14 @@ fn main() {
             continue;
         }
         let t0 = Instant::now();
-        let (_tmp, dir) = compile_with(&gguf, Dtype::Fp32, cfg.quant, cfg.prune.clone());
+        let input = match cfg.bf16 {
+            true => bf16_checkpoint(&gguf, &work.path().join("bf16")),
+            false => gguf.clone(),
+        };
+        let (_tmp, dir) = compile_with(&input, Dtype::Fp32, cfg.quant, cfg.prune.clone());
+        if cfg.bf16 {
+            std::fs::remove_dir_all(work.path().join("bf16")).unwrap();
+        }
         let build_s = t0.elapsed().as_secs_f64();
         if ids.is_empty() {
             let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
