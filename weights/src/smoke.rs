@@ -114,3 +114,38 @@ impl Thresholds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// KL((½, ½) ‖ (¾, ¼)) = ½ ln(2/3) + ½ ln 2 = 0.143841…; the argmaxes differ (a tie resolves to
+    /// the first index, 0, which the other row also picks: agreement 1); perplexity from the next
+    /// token's probability.
+    #[test]
+    fn two_class_numbers() {
+        let mut c = Compare::default();
+        c.add(&[0.0, 0.0], &[3f32.ln(), 0.0], Some(1));
+        let m = c.measured();
+        assert!((m.mean_kl - 0.143_841_036).abs() < 1e-6, "{}", m.mean_kl);
+        assert_eq!(m.top1_agreement, 1.0);
+        assert!((m.perplexity_reference - 2.0).abs() < 1e-9);
+        assert!((m.perplexity_optimised - 4.0).abs() < 1e-5);
+        c.add(&[1.0, 0.0], &[0.0, 1.0], None);
+        let m = c.measured();
+        assert_eq!(m.positions, 2);
+        assert_eq!(m.top1_agreement, 0.5);
+        let t = Thresholds {
+            min_top1_agreement: 0.9,
+            max_mean_kl: 0.1,
+        };
+        let why = t.check(&m).unwrap_err();
+        assert!(why.contains("top-1 agreement 0.5000 < 0.9") && why.contains("mean KL"));
+        assert!(Thresholds {
+            min_top1_agreement: 0.5,
+            max_mean_kl: 1.0
+        }
+        .check(&m)
+        .is_ok());
+    }
+}
