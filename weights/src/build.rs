@@ -128,6 +128,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary, Error> {
             return crate::arch::gemma3::build_folder(req);
         }
     }
+    if is_gguf && req.input.is_file() && crate::gguf::gemma3::is_gemma3_file(&req.input)? {
+        return crate::arch::gemma3::build_gguf(req);
+    }
     let loaded = if is_gguf {
         crate::gguf::load(&req.input)?
     } else {

@@ -57,7 +57,7 @@ pub struct BuildArgs {
 }
 
 impl BuildArgs {
-    fn prune_request(&self) -> Option<PruneRequest> {
+    pub fn prune_request(&self) -> Option<PruneRequest> {
         Some(PruneRequest {
             method: self.prune?,
             sparsity: self.sparsity?,

@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod onnx;
 pub mod prune;
 pub mod quant;
+pub mod smoke;
 pub mod verify;
 
 pub use error::Error;

@@ -66,6 +66,25 @@ fn gguf_name(hf: &str) -> Option<(String, bool)> {
     Some((format!("blk.{i}.{g}.weight"), norm))
 }
 
+impl Gemma3GgufSource {
+    /// The parsed file (metadata: the tokenizer).
+    pub fn gguf(&self) -> &Gguf {
+        &self.gguf
+    }
+}
+
+/// Whether `path` is a GGUF file of llama.cpp's `gemma3` architecture (reads the header only).
+pub fn is_gemma3_file(path: &Path) -> Result<bool, Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: read-only input, only the header is parsed.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let g = Gguf::parse(path, &map)?;
+    Ok(g.metadata
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        == Some("gemma3"))
+}
+
 impl TensorSource for Gemma3GgufSource {
     fn get(&self, name: &str) -> Result<Tensor, Error> {
         let missing = |t: String| Error::MissingTensor {

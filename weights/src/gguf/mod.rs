@@ -1,11 +1,13 @@
 //! GGUF input (llama architecture): tensors dequantised on load under their Hugging Face names,
 //! llama.cpp's Q/K row permutation undone, the spec read from metadata, and tokenizer.json plus
-//! the chat template rebuilt from the `tokenizer.*` keys.
+//! the chat template rebuilt from the `tokenizer.*` keys. Gemma 3 files (`gemma3`) go through
+//! [`gemma3`] and [`spm`] instead (see `build::build`).
 
 pub mod dequant;
 pub mod gemma3;
 pub mod kquants;
 pub mod reader;
+pub mod spm;
 pub mod tokenizer;
 
 use crate::arch::{Arch, DecoderSpec, Rope};

@@ -45,8 +45,27 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
         }
     }
     let source = SafetensorsSource::open_dir(dir)?;
-    let names = weights::Names::resolve(&source)?;
     let extra = build::extra_files(dir)?;
+    build_source(req, &spec, &source, &extra)
+}
+
+/// `cogrs weights build` for a Gemma 3 GGUF file (llama.cpp's `gemma3`, text only): the tensors
+/// and config through [`crate::gguf::gemma3`], the tokenizer rebuilt from its metadata.
+pub fn build_gguf(req: &BuildRequest) -> Result<BuildSummary, Error> {
+    let (cfg, source) = crate::gguf::gemma3::open(&req.input)?;
+    let spec = Gemma3Spec::from_json(&cfg, &req.input)?;
+    let extra = crate::gguf::spm::gemma_files(source.gguf(), &spec.eos_token_ids)?;
+    build_source(req, &spec, &source, &extra)
+}
+
+/// The build proper, from a spec, tensors under Hugging Face names and the side files.
+fn build_source(
+    req: &BuildRequest,
+    spec: &Gemma3Spec,
+    source: &dyn TensorSource,
+    extra: &[(String, Vec<u8>)],
+) -> Result<BuildSummary, Error> {
+    let names = weights::Names::resolve(source)?;
     let prune = match &req.prune {
         None => None,
         Some(p) => Some((p, p.resolve(Some("gemma3"))?)),
@@ -65,10 +84,10 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
 
     let pruned = prune
         .as_ref()
-        .map(|(p, (map, _))| PrunedSource::new(&source, map, p));
+        .map(|(p, (map, _))| PrunedSource::new(source, map, p));
     let src: &dyn TensorSource = match &pruned {
         Some(p) => p,
-        None => &source,
+        None => source,
     };
 
     let mut g = GraphBuilder::new(
@@ -76,7 +95,7 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
         &tmp.join("decoder.onnx.data"),
         "decoder.onnx.data",
     )?;
-    let built = decoder::build(&spec, &names, src, &mut g, &opts)?;
+    let built = decoder::build(spec, &names, src, &mut g, &opts)?;
     let opsets = [("", ONNX_OPSET), (MS_DOMAIN, MS_OPSET)];
     let decoder_data = g.finish(&tmp.join("decoder.onnx"), &opsets)?;
 
@@ -90,7 +109,7 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
             embed::Table::Own(&own)
         }
     };
-    let embed_cfg = embed::build(&spec, &mut g, dtype, table)?;
+    let embed_cfg = embed::build(spec, &mut g, dtype, table)?;
     let embed_data = g.finish(&tmp.join("embed.onnx"), &opsets)?;
     let mut known = BTreeMap::new();
     known.insert("decoder.onnx.data".to_string(), decoder_data);
@@ -139,7 +158,7 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
     let files = Files {
         reports: &reports,
         prune: prune_report.as_ref(),
-        extra: &extra,
+        extra,
     };
     let pruning = files.write(tmp)?;
     let manifest = build::manifest(req, "gemma3", dtype, policy, pruning, tmp, known)?;
