@@ -46,7 +46,13 @@ pub fn build_folder(req: &BuildRequest) -> Result<BuildSummary, Error> {
     }
     let source = SafetensorsSource::open_dir(dir)?;
     let extra = build::extra_files(dir)?;
-    build_source(req, &spec, &source, &extra)
+    // Gemma3ForConditionalGeneration: its vision tower too.
+    let vision = if has_vision(&cfg_path)? {
+        Some(siglip::Gemma3Config::load(&cfg_path)?.vision_spec(&cfg_path)?)
+    } else {
+        None
+    };
+    build_source(req, &spec, &source, &extra, vision.as_ref())
 }
 
 /// `cogrs weights build` for a Gemma 3 GGUF file (llama.cpp's `gemma3`, text only): the tensors
@@ -55,7 +61,7 @@ pub fn build_gguf(req: &BuildRequest) -> Result<BuildSummary, Error> {
     let (cfg, source) = crate::gguf::gemma3::open(&req.input)?;
     let spec = Gemma3Spec::from_json(&cfg, &req.input)?;
     let extra = crate::gguf::spm::gemma_files(source.gguf(), &spec.eos_token_ids)?;
-    build_source(req, &spec, &source, &extra)
+    build_source(req, &spec, &source, &extra, None)
 }
 
 /// The build proper, from a spec, tensors under Hugging Face names and the side files.
@@ -64,6 +70,7 @@ fn build_source(
     spec: &Gemma3Spec,
     source: &dyn TensorSource,
     extra: &[(String, Vec<u8>)],
+    vision: Option<&siglip::VisionSpec>,
 ) -> Result<BuildSummary, Error> {
     let names = weights::Names::resolve(source)?;
     let prune = match &req.prune {
@@ -123,10 +130,9 @@ fn build_source(
     // the embed graph's `image_features`. Its linears get the decoder's quantisation (the issue's
     // int8 of "the decoder and vision linears"); pruning never touches it (outside the map).
     let mut reports = built.reports;
-    let vision = if has_vision(&cfg_path)? {
-        let vspec = siglip::Gemma3Config::load(&cfg_path)?.vision_spec(&cfg_path)?;
+    let vision = if let Some(vspec) = vision {
         let vb = siglip::build_vision(
-            &vspec,
+            vspec,
             src,
             tmp,
             &siglip::VisionOptions {
