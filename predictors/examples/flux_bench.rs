@@ -172,7 +172,7 @@ fn measure(dir: &Path, args: &Args) {
     let mut current = scales(true);
     binding.bind_input(&lora.scales, &current).unwrap();
     binding
-        .bind_output_to_device(&io.sample, &session.allocator().memory_info())
+        .bind_output_to_device(&io.sample, session.allocator().memory_info())
         .unwrap();
     let step = |session: &mut ort::session::Session, b: &ort::session::IoBinding| {
         let t = Instant::now();
