@@ -167,35 +167,13 @@ pub fn build(
             spec.eps,
         );
         residual = res2;
-        let gu = cx.linear(
-            &format!("{p}.mlp.gate_up_proj"),
+        pending = Some(cx.gated_mlp(
+            &p,
             &hidden2,
             &lw.gate_up,
-            opts.policy.linear,
-        )?;
-        let parts = cx.g.node(
-            &format!("/{p}/mlp/Split"),
-            "Split",
-            "",
-            &[&gu],
-            2,
-            &[("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))],
-        );
-        let sig = cx.g.op(
-            &format!("/{p}/mlp/act/Sigmoid"),
-            "Sigmoid",
-            &[&parts[0]],
-            &[],
-        );
-        let act =
-            cx.g.op(&format!("/{p}/mlp/act/Mul"), "Mul", &[&parts[0], &sig], &[]);
-        let prod =
-            cx.g.op(&format!("/{p}/mlp/Mul"), "Mul", &[&act, &parts[1]], &[]);
-        pending = Some(cx.linear(
-            &format!("{p}.mlp.down_proj"),
-            &prod,
             &lw.down,
             opts.policy.linear,
+            |g, gate| graph::silu(g, &format!("/{p}/mlp/act"), gate),
         )?);
     }
 
@@ -220,14 +198,7 @@ pub fn build(
             cx.linear("lm_head", &hidden, &w, scheme)?
         }
     };
-    cx.g.node_with(
-        "/lm_head/Identity",
-        "Identity",
-        "",
-        &[&logits_tmp],
-        &["logits".to_string()],
-        &[],
-    );
+    graph::logits_output(cx.g, &logits_tmp);
 
     let config = DecoderConfig {
         format_version: FORMAT_VERSION,

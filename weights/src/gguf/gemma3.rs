@@ -128,11 +128,7 @@ pub fn config(g: &Gguf) -> Result<Json, Error> {
             supported: "gemma3 (GGUF)".into(),
         });
     }
-    let bad = |msg: String| Error::Gguf {
-        file: g.path.clone(),
-        tensor: None,
-        msg,
-    };
+    let bad = |msg: String| super::metadata_error(g, msg);
     let get = |k: &str| g.metadata.get(&format!("gemma3.{k}"));
     let uint = |k: &str| -> Result<u64, Error> {
         get(k)
@@ -174,14 +170,7 @@ pub fn config(g: &Gguf) -> Result<Json, Error> {
             )))
         }
     }
-    let vocab = g
-        .tensors
-        .get("token_embd.weight")
-        .map(|t| t.shape[0])
-        .ok_or_else(|| Error::MissingTensor {
-            file: g.path.clone(),
-            tensor: "token_embd.weight".into(),
-        })?;
+    let vocab = super::vocab_size(g)?;
     let tok = |k: &str| {
         g.metadata
             .get(&format!("tokenizer.ggml.{k}"))

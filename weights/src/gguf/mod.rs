@@ -25,6 +25,48 @@ pub struct GgufSource {
     kv_heads: usize,
 }
 
+/// The vocabulary size of a GGUF (llama and gemma3 alike): the rows of `token_embd.weight`.
+pub(crate) fn vocab_size(g: &Gguf) -> Result<usize, Error> {
+    g.tensors
+        .get("token_embd.weight")
+        .map(|t| t.shape[0])
+        .ok_or_else(|| Error::MissingTensor {
+            file: g.path.clone(),
+            tensor: "token_embd.weight".into(),
+        })
+}
+
+/// The metadata error for `g` (a missing or malformed key).
+pub(crate) fn metadata_error(g: &Gguf, msg: String) -> Error {
+    Error::Gguf {
+        file: g.path.clone(),
+        tensor: None,
+        msg,
+    }
+}
+
+/// Errors unless `tokenizer.ggml.model` is `want`, the only tokenizer model the caller rebuilds;
+/// `what` names it in the error (e.g. "byte-level BPE").
+pub(crate) fn require_tokenizer_model(
+    g: &Gguf,
+    family: &str,
+    want: &str,
+    what: &str,
+) -> Result<(), Error> {
+    let model = g
+        .metadata
+        .get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if model != want {
+        return Err(Error::Unsupported(format!(
+            "{}: {family}tokenizer model {model:?} (only {what}, {want:?}, is rebuilt)",
+            g.path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The GGUF name for a Hugging Face tensor name, and the head count to un-permute rows by
 /// (q and k only).
 fn gguf_name(hf: &str, heads: usize, kv_heads: usize) -> Option<(String, Option<usize>)> {
@@ -185,14 +227,7 @@ fn spec(g: &Gguf) -> Result<DecoderSpec, Error> {
             )));
         }
     }
-    let vocab = g
-        .tensors
-        .get("token_embd.weight")
-        .map(|t| t.shape[0])
-        .ok_or_else(|| Error::MissingTensor {
-            file: g.path.clone(),
-            tensor: "token_embd.weight".into(),
-        })?;
+    let vocab = vocab_size(g)?;
     let tok = |k: &str| g.metadata.get(k).and_then(Value::as_u64).map(|v| v as u32);
     Ok(DecoderSpec {
         arch: Arch::Llama,

@@ -221,14 +221,7 @@ pub fn build(
             cx.g.op("/lm_head/softcap/Mul", "Mul", &[&t, &c], &[])
         }
     };
-    cx.g.node_with(
-        "/lm_head/Identity",
-        "Identity",
-        "",
-        &[&logits],
-        &["logits".to_string()],
-        &[],
-    );
+    graph::logits_output(cx.g, &logits);
 
     let config = DecoderConfig {
         format_version: FORMAT_VERSION,
