@@ -86,27 +86,7 @@ pub fn build(
         let lw = layer_weights(spec, src, i)?;
         let p = format!("model.layers.{i}");
         let ln1 = cx.weight(&format!("{p}.input_layernorm.weight"), &lw.ln1)?;
-        let hidden = match pending.take() {
-            None => graph::rms_norm(
-                cx.g,
-                &format!("/{p}/input_layernorm/SimplifiedLayerNorm"),
-                &residual,
-                &ln1,
-                spec.eps,
-            ),
-            Some(prev) => {
-                let outs = graph::skip_norm(
-                    cx.g,
-                    &format!("/{p}/input_layernorm/SkipLayerNorm"),
-                    &prev,
-                    &residual,
-                    &ln1,
-                    spec.eps,
-                );
-                residual = outs.1;
-                outs.0
-            }
-        };
+        let hidden = graph::input_norm(cx.g, &p, &mut residual, pending.take(), &ln1, spec.eps);
 
         // Attention.
         let qkv = cx.linear(
@@ -179,15 +159,7 @@ pub fn build(
 
     let norm = src.get_shaped("model.norm.weight", &[h])?;
     let norm = cx.weight("model.norm.weight", &norm)?;
-    let last = pending.ok_or_else(|| Error::Unsupported("a decoder with zero layers".into()))?;
-    let (hidden, _) = graph::skip_norm(
-        cx.g,
-        "/model/norm/SkipLayerNorm",
-        &last,
-        &residual,
-        &norm,
-        spec.eps,
-    );
+    let hidden = graph::final_norm(cx.g, pending, &residual, &norm, spec.eps)?;
 
     let logits_tmp = match (&tied_embed, opts.policy.lm_head) {
         // Tied and unquantised: reuse the embedding initializer; ORT folds the transpose once.

@@ -229,6 +229,54 @@ pub fn layer_norm(g: &mut GraphBuilder, name: &str, x: &str, affine: &[&str], ep
     )
 }
 
+/// A decoder layer's input RMSNorm `{p}.input_layernorm` (weight `ln`). Both decoder families
+/// defer each layer's residual add into the next norm: layer 0 (`pending` None) normalises
+/// `residual` itself; later layers fold `residual += pending` (the previous layer's output) into
+/// SkipSimplifiedLayerNormalization and `residual` becomes that sum.
+pub fn input_norm(
+    g: &mut GraphBuilder,
+    p: &str,
+    residual: &mut String,
+    pending: Option<String>,
+    ln: &str,
+    eps: f32,
+) -> String {
+    match pending {
+        None => rms_norm(
+            g,
+            &format!("/{p}/input_layernorm/SimplifiedLayerNorm"),
+            residual,
+            ln,
+            eps,
+        ),
+        Some(prev) => {
+            let (out, sum) = skip_norm(
+                g,
+                &format!("/{p}/input_layernorm/SkipLayerNorm"),
+                &prev,
+                residual,
+                ln,
+                eps,
+            );
+            *residual = sum;
+            out
+        }
+    }
+}
+
+/// The final RMSNorm `/model/norm` (weight `norm`) with the last layer's deferred residual add
+/// (`pending`) fused in; its normalised output feeds the lm_head.
+pub fn final_norm(
+    g: &mut GraphBuilder,
+    pending: Option<String>,
+    residual: &str,
+    norm: &str,
+    eps: f32,
+) -> Result<String, Error> {
+    let last = pending.ok_or_else(|| Error::Unsupported("a decoder with zero layers".into()))?;
+    Ok(skip_norm(g, "/model/norm/SkipLayerNorm", &last, residual, norm, eps).0)
+}
+
 /// SkipSimplifiedLayerNormalization: returns (normalised, input + skip).
 pub fn skip_norm(
     g: &mut GraphBuilder,
