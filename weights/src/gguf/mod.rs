@@ -154,8 +154,9 @@ impl TensorSource for GgufSource {
     }
 }
 
-/// Opens a GGUF file: spec, tensors, and tokenizer/template files for the output folder.
-pub fn load(path: &Path) -> Result<Loaded, Error> {
+/// Memory-maps a GGUF file and parses its header; the map is kept beside the parsed [`Gguf`]
+/// because tensors are read from it later (llama and gemma3 loaders alike).
+pub(crate) fn map_file(path: &Path) -> Result<(Gguf, Mmap), Error> {
     let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::MissingFile {
@@ -168,7 +169,34 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     })?;
     // SAFETY: read-only input for the duration of the build.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let gguf = Gguf::parse(path, &map)?;
+    Ok((Gguf::parse(path, &map)?, map))
+}
+
+/// The file's `general.architecture` ("" when absent).
+pub(crate) fn architecture(g: &Gguf) -> &str {
+    g.metadata
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// [`Error::UnknownArchitecture`] unless the file's architecture is `want`, the one the caller
+/// reads.
+pub(crate) fn require_architecture(g: &Gguf, want: &str) -> Result<(), Error> {
+    let arch = architecture(g);
+    if arch != want {
+        return Err(Error::UnknownArchitecture {
+            path: g.path.clone(),
+            name: arch.to_string(),
+            supported: format!("{want} (GGUF)"),
+        });
+    }
+    Ok(())
+}
+
+/// Opens a GGUF file: spec, tensors, and tokenizer/template files for the output folder.
+pub fn load(path: &Path) -> Result<Loaded, Error> {
+    let (gguf, map) = map_file(path)?;
     let spec = spec(&gguf)?;
     let extra_files = tokenizer::files(&gguf, &spec)?;
     Ok(Loaded {
@@ -184,23 +212,8 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
 }
 
 fn spec(g: &Gguf) -> Result<DecoderSpec, Error> {
-    let arch = g
-        .metadata
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if arch != "llama" {
-        return Err(Error::UnknownArchitecture {
-            path: g.path.clone(),
-            name: arch.to_string(),
-            supported: "llama (GGUF)".into(),
-        });
-    }
-    let meta_err = |k: &str| Error::Gguf {
-        file: g.path.clone(),
-        tensor: None,
-        msg: format!("metadata {k} is missing or not a number"),
-    };
+    require_architecture(g, "llama")?;
+    let meta_err = |k: &str| metadata_error(g, format!("metadata {k} is missing or not a number"));
     let uint = |k: &str| -> Result<usize, Error> {
         g.metadata
             .get(k)
