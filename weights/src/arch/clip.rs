@@ -259,14 +259,8 @@ pub fn build(cfg: &ClipTextConfig, src: &dyn TensorSource, net: &mut Net) -> Res
     let gf = get("final_layer_norm.weight", &[h])?;
     let bf = get("final_layer_norm.bias", &[h])?;
     let pooled = net.layer_norm("final_layer_norm", &rows, &gf, &bf, eps)?;
-    net.g.node_with(
-        "/clip/pooled_output",
-        "Identity",
-        "",
-        &[&pooled],
-        &[POOLED_OUTPUT.to_string()],
-        &[],
-    );
+    net.g
+        .identity_output("/clip/pooled_output", &pooled, POOLED_OUTPUT);
     Ok(())
 }
 

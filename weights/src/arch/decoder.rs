@@ -86,27 +86,7 @@ pub fn build(
         let lw = layer_weights(spec, src, i)?;
         let p = format!("model.layers.{i}");
         let ln1 = cx.weight(&format!("{p}.input_layernorm.weight"), &lw.ln1)?;
-        let hidden = match pending.take() {
-            None => graph::rms_norm(
-                cx.g,
-                &format!("/{p}/input_layernorm/SimplifiedLayerNorm"),
-                &residual,
-                &ln1,
-                spec.eps,
-            ),
-            Some(prev) => {
-                let outs = graph::skip_norm(
-                    cx.g,
-                    &format!("/{p}/input_layernorm/SkipLayerNorm"),
-                    &prev,
-                    &residual,
-                    &ln1,
-                    spec.eps,
-                );
-                residual = outs.1;
-                outs.0
-            }
-        };
+        let hidden = graph::input_norm(cx.g, &p, &mut residual, pending.take(), &ln1, spec.eps);
 
         // Attention.
         let qkv = cx.linear(
@@ -167,49 +147,19 @@ pub fn build(
             spec.eps,
         );
         residual = res2;
-        let gu = cx.linear(
-            &format!("{p}.mlp.gate_up_proj"),
+        pending = Some(cx.gated_mlp(
+            &p,
             &hidden2,
             &lw.gate_up,
-            opts.policy.linear,
-        )?;
-        let parts = cx.g.node(
-            &format!("/{p}/mlp/Split"),
-            "Split",
-            "",
-            &[&gu],
-            2,
-            &[("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))],
-        );
-        let sig = cx.g.op(
-            &format!("/{p}/mlp/act/Sigmoid"),
-            "Sigmoid",
-            &[&parts[0]],
-            &[],
-        );
-        let act =
-            cx.g.op(&format!("/{p}/mlp/act/Mul"), "Mul", &[&parts[0], &sig], &[]);
-        let prod =
-            cx.g.op(&format!("/{p}/mlp/Mul"), "Mul", &[&act, &parts[1]], &[]);
-        pending = Some(cx.linear(
-            &format!("{p}.mlp.down_proj"),
-            &prod,
             &lw.down,
             opts.policy.linear,
+            |g, gate| graph::silu(g, &format!("/{p}/mlp/act"), gate),
         )?);
     }
 
     let norm = src.get_shaped("model.norm.weight", &[h])?;
     let norm = cx.weight("model.norm.weight", &norm)?;
-    let last = pending.ok_or_else(|| Error::Unsupported("a decoder with zero layers".into()))?;
-    let (hidden, _) = graph::skip_norm(
-        cx.g,
-        "/model/norm/SkipLayerNorm",
-        &last,
-        &residual,
-        &norm,
-        spec.eps,
-    );
+    let hidden = graph::final_norm(cx.g, pending, &residual, &norm, spec.eps)?;
 
     let logits_tmp = match (&tied_embed, opts.policy.lm_head) {
         // Tied and unquantised: reuse the embedding initializer; ORT folds the transpose once.
@@ -220,14 +170,7 @@ pub fn build(
             cx.linear("lm_head", &hidden, &w, scheme)?
         }
     };
-    cx.g.node_with(
-        "/lm_head/Identity",
-        "Identity",
-        "",
-        &[&logits_tmp],
-        &["logits".to_string()],
-        &[],
-    );
+    graph::logits_output(cx.g, &logits_tmp);
 
     let config = DecoderConfig {
         format_version: FORMAT_VERSION,

@@ -31,12 +31,7 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// An initializer in the compute dtype.
     pub fn weight(&mut self, name: &str, t: &Tensor) -> Result<String, Error> {
-        self.g.weight(
-            name,
-            self.dtype.onnx(),
-            &t.shape,
-            &self.dtype.encode(&t.data),
-        )
+        weight(self.g, self.dtype, name, t)
     }
 
     /// `x @ W^T` for `W[N, K]`, either as MatMul on the transposed weight or as MatMulNBits.
@@ -47,19 +42,81 @@ impl Ctx<'_> {
         w: &Tensor,
         scheme: Scheme,
     ) -> Result<String, Error> {
-        match quant::quantize(w, scheme) {
-            None => {
-                let wt = self.weight(&format!("{name}.weight"), &w.transpose2())?;
-                Ok(self
-                    .g
-                    .op(&format!("/{name}/MatMul"), "MatMul", &[x, &wt], &[]))
-            }
-            Some(q) => {
-                self.reports.push(quant::report(name, scheme, w, &q));
-                quant::emit::matmul_nbits(self.g, name, x, &q, self.dtype)
-            }
+        linear(self.g, self.dtype, &mut self.reports, name, x, w, scheme)
+    }
+
+    /// The fused gated MLP of both decoder families, `down(act(gate) * up)`, where gate and up
+    /// are the halves of `{p}.mlp.gate_up_proj`'s output; `act` emits the activation (SiLU for
+    /// Llama, GELU-tanh for Gemma) on the gate half and returns its output.
+    pub fn gated_mlp(
+        &mut self,
+        p: &str,
+        x: &str,
+        gate_up: &Tensor,
+        down: &Tensor,
+        scheme: Scheme,
+        act: impl FnOnce(&mut GraphBuilder, &str) -> String,
+    ) -> Result<String, Error> {
+        let gu = self.linear(&format!("{p}.mlp.gate_up_proj"), x, gate_up, scheme)?;
+        let parts = self.g.node(
+            &format!("/{p}/mlp/Split"),
+            "Split",
+            "",
+            &[&gu],
+            2,
+            &[("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))],
+        );
+        let a = act(self.g, &parts[0]);
+        let prod = self
+            .g
+            .op(&format!("/{p}/mlp/Mul"), "Mul", &[&a, &parts[1]], &[]);
+        self.linear(&format!("{p}.mlp.down_proj"), &prod, down, scheme)
+    }
+}
+
+// The free functions below are the one implementation behind every builder's context (this
+// module's `Ctx`, `nn::Net`, SigLIP's and FLUX's): their structs differ in what else they carry,
+// but a weight, a linear or a SiLU must come out as the same nodes and initializers in each.
+
+/// An initializer named `name` in the compute dtype `dtype`, written to the data file.
+pub fn weight(g: &mut GraphBuilder, dtype: Dtype, name: &str, t: &Tensor) -> Result<String, Error> {
+    g.weight(name, dtype.onnx(), &t.shape, &dtype.encode(&t.data))
+}
+
+/// `x @ W^T` (no bias) for `W[N, K]` as transformers stores it: MatMul on the transposed weight
+/// (`{name}.weight`, node `/{name}/MatMul`), or MatMulNBits when `scheme` quantises it, whose
+/// error report is appended to `reports`.
+pub fn linear(
+    g: &mut GraphBuilder,
+    dtype: Dtype,
+    reports: &mut Vec<TensorReport>,
+    name: &str,
+    x: &str,
+    w: &Tensor,
+    scheme: Scheme,
+) -> Result<String, Error> {
+    match quant::quantize(w, scheme) {
+        None => {
+            let wt = weight(g, dtype, &format!("{name}.weight"), &w.transpose2())?;
+            Ok(g.op(&format!("/{name}/MatMul"), "MatMul", &[x, &wt], &[]))
+        }
+        Some(q) => {
+            reports.push(quant::report(name, scheme, w, &q));
+            quant::emit::matmul_nbits(g, name, x, &q, dtype)
         }
     }
+}
+
+/// `x · sigmoid(x)` as nodes `{name}/Sigmoid` and `{name}/Mul`.
+pub fn silu(g: &mut GraphBuilder, name: &str, x: &str) -> String {
+    let s = g.op(&format!("{name}/Sigmoid"), "Sigmoid", &[x], &[]);
+    g.op(&format!("{name}/Mul"), "Mul", &[x, &s], &[])
+}
+
+/// Renames the lm_head's output to the graph output `logits` (an Identity node, so the name
+/// stays fixed whatever produced it: MatMul, MatMulNBits or the soft-capping).
+pub fn logits_output(g: &mut GraphBuilder, logits: &str) {
+    g.identity_output("/lm_head/Identity", logits, "logits");
 }
 
 /// The decoder contract's tensor names; `input_ids` or `inputs_embeds` names the graph's first input.
@@ -154,6 +211,70 @@ pub fn rms_norm(g: &mut GraphBuilder, name: &str, input: &str, gamma: &str, eps:
             ("stash_type", Attr::Int(1)),
         ],
     )
+}
+
+/// LayerNormalization over the last axis of `x` with `affine` = [scale] or [scale, bias],
+/// statistics in f32 (`stash_type` 1) whatever the compute dtype.
+pub fn layer_norm(g: &mut GraphBuilder, name: &str, x: &str, affine: &[&str], eps: f32) -> String {
+    let inputs: Vec<&str> = std::iter::once(x).chain(affine.iter().copied()).collect();
+    g.op(
+        name,
+        "LayerNormalization",
+        &inputs,
+        &[
+            ("axis", Attr::Int(-1)),
+            ("epsilon", Attr::Float(eps)),
+            ("stash_type", Attr::Int(1)),
+        ],
+    )
+}
+
+/// A decoder layer's input RMSNorm `{p}.input_layernorm` (weight `ln`). Both decoder families
+/// defer each layer's residual add into the next norm: layer 0 (`pending` None) normalises
+/// `residual` itself; later layers fold `residual += pending` (the previous layer's output) into
+/// SkipSimplifiedLayerNormalization and `residual` becomes that sum.
+pub fn input_norm(
+    g: &mut GraphBuilder,
+    p: &str,
+    residual: &mut String,
+    pending: Option<String>,
+    ln: &str,
+    eps: f32,
+) -> String {
+    match pending {
+        None => rms_norm(
+            g,
+            &format!("/{p}/input_layernorm/SimplifiedLayerNorm"),
+            residual,
+            ln,
+            eps,
+        ),
+        Some(prev) => {
+            let (out, sum) = skip_norm(
+                g,
+                &format!("/{p}/input_layernorm/SkipLayerNorm"),
+                &prev,
+                residual,
+                ln,
+                eps,
+            );
+            *residual = sum;
+            out
+        }
+    }
+}
+
+/// The final RMSNorm `/model/norm` (weight `norm`) with the last layer's deferred residual add
+/// (`pending`) fused in; its normalised output feeds the lm_head.
+pub fn final_norm(
+    g: &mut GraphBuilder,
+    pending: Option<String>,
+    residual: &str,
+    norm: &str,
+    eps: f32,
+) -> Result<String, Error> {
+    let last = pending.ok_or_else(|| Error::Unsupported("a decoder with zero layers".into()))?;
+    Ok(skip_norm(g, "/model/norm/SkipLayerNorm", &last, residual, norm, eps).0)
 }
 
 /// SkipSimplifiedLayerNormalization: returns (normalised, input + skip).

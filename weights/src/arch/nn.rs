@@ -10,7 +10,7 @@ use super::Dtype;
 use crate::checkpoint::{Tensor, TensorSource};
 use crate::format::FileEntry;
 use crate::onnx::{Attr, DataType, GraphBuilder, MS_DOMAIN, MS_OPSET, ONNX_OPSET};
-use crate::quant::{self, Scheme, TensorReport};
+use crate::quant::{Scheme, TensorReport};
 use crate::Error;
 use std::path::Path;
 
@@ -36,12 +36,7 @@ impl<'a> Net<'a> {
 
     /// A weight in the compute dtype, written to the data file.
     pub fn weight(&mut self, name: &str, t: &Tensor) -> Result<String, Error> {
-        self.g.weight(
-            name,
-            self.dtype.onnx(),
-            &t.shape,
-            &self.dtype.encode(&t.data),
-        )
+        super::graph::weight(self.g, self.dtype, name, t)
     }
 
     /// An inline constant in the compute dtype.
@@ -79,16 +74,7 @@ impl<'a> Net<'a> {
         bias: Option<&Tensor>,
         scheme: Scheme,
     ) -> Result<String, Error> {
-        let y = match quant::quantize(w, scheme) {
-            None => {
-                let wt = self.weight(&format!("{name}.weight"), &w.transpose2())?;
-                self.op(&format!("/{name}/MatMul"), "MatMul", &[x, &wt], &[])
-            }
-            Some(q) => {
-                self.reports.push(quant::report(name, scheme, w, &q));
-                quant::emit::matmul_nbits(self.g, name, x, &q, self.dtype)?
-            }
-        };
+        let y = super::graph::linear(self.g, self.dtype, &mut self.reports, name, x, w, scheme)?;
         match bias {
             None => Ok(y),
             Some(b) => {
@@ -109,16 +95,8 @@ impl<'a> Net<'a> {
     ) -> Result<String, Error> {
         let g = self.weight(&format!("{name}.weight"), gamma)?;
         let b = self.weight(&format!("{name}.bias"), beta)?;
-        Ok(self.op(
-            &format!("/{name}/LayerNorm"),
-            "LayerNormalization",
-            &[x, &g, &b],
-            &[
-                ("axis", Attr::Int(-1)),
-                ("epsilon", Attr::Float(eps)),
-                ("stash_type", Attr::Int(1)),
-            ],
-        ))
+        let node = format!("/{name}/LayerNorm");
+        Ok(super::graph::layer_norm(self.g, &node, x, &[&g, &b], eps))
     }
 
     /// RMS norm without mean or bias (T5LayerNorm), statistics in fp32.
@@ -130,22 +108,13 @@ impl<'a> Net<'a> {
         eps: f32,
     ) -> Result<String, Error> {
         let g = self.weight(&format!("{name}.weight"), gamma)?;
-        Ok(self.op(
-            &format!("/{name}/SimplifiedLayerNorm"),
-            "SimplifiedLayerNormalization",
-            &[x, &g],
-            &[
-                ("axis", Attr::Int(-1)),
-                ("epsilon", Attr::Float(eps)),
-                ("stash_type", Attr::Int(1)),
-            ],
-        ))
+        let node = format!("/{name}/SimplifiedLayerNorm");
+        Ok(super::graph::rms_norm(self.g, &node, x, &g, eps))
     }
 
     /// `x · sigmoid(x)`.
     pub fn silu(&mut self, name: &str, x: &str) -> String {
-        let s = self.op(&format!("{name}/Sigmoid"), "Sigmoid", &[x], &[]);
-        self.op(&format!("{name}/Mul"), "Mul", &[x, &s], &[])
+        super::graph::silu(self.g, name, x)
     }
 
     /// 2-D convolution with PyTorch's `[out, in, kh, kw]` weight and bias. `pads` is ONNX's

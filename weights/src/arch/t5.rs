@@ -282,14 +282,8 @@ pub fn build(
 
     let ln = src.get_shaped("encoder.final_layer_norm.weight", &[dm])?;
     let y = net.rms_norm("encoder.final_layer_norm", &x, &ln, eps)?;
-    net.g.node_with(
-        "/t5/last_hidden_state",
-        "Identity",
-        "",
-        &[&y],
-        &[LAST_HIDDEN_STATE.to_string()],
-        &[],
-    );
+    net.g
+        .identity_output("/t5/last_hidden_state", &y, LAST_HIDDEN_STATE);
     Ok(())
 }
 

@@ -28,10 +28,7 @@ pub struct Gemma3GgufSource {
 
 /// Opens a Gemma 3 GGUF: (the equivalent `config.json`, the tensors under Hugging Face names).
 pub fn open(path: &Path) -> Result<(Json, Gemma3GgufSource), Error> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: read-only input for the duration of the build.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let gguf = Gguf::parse(path, &map)?;
+    let (gguf, map) = super::map_file(path)?;
     let config = config(&gguf)?;
     Ok((config, Gemma3GgufSource { gguf, map }))
 }
@@ -75,14 +72,8 @@ impl Gemma3GgufSource {
 
 /// Whether `path` is a GGUF file of llama.cpp's `gemma3` architecture (reads the header only).
 pub fn is_gemma3_file(path: &Path) -> Result<bool, Error> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: read-only input, only the header is parsed.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let g = Gguf::parse(path, &map)?;
-    Ok(g.metadata
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        == Some("gemma3"))
+    let (g, _map) = super::map_file(path)?;
+    Ok(super::architecture(&g) == "gemma3")
 }
 
 impl TensorSource for Gemma3GgufSource {
@@ -116,23 +107,8 @@ impl TensorSource for Gemma3GgufSource {
 
 /// `config.json` of the equivalent `Gemma3ForCausalLM` (transformers' `Gemma3TextConfig` keys).
 pub fn config(g: &Gguf) -> Result<Json, Error> {
-    let arch = g
-        .metadata
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if arch != "gemma3" {
-        return Err(Error::UnknownArchitecture {
-            path: g.path.clone(),
-            name: arch.to_string(),
-            supported: "gemma3 (GGUF)".into(),
-        });
-    }
-    let bad = |msg: String| Error::Gguf {
-        file: g.path.clone(),
-        tensor: None,
-        msg,
-    };
+    super::require_architecture(g, "gemma3")?;
+    let bad = |msg: String| super::metadata_error(g, msg);
     let get = |k: &str| g.metadata.get(&format!("gemma3.{k}"));
     let uint = |k: &str| -> Result<u64, Error> {
         get(k)
@@ -174,14 +150,7 @@ pub fn config(g: &Gguf) -> Result<Json, Error> {
             )))
         }
     }
-    let vocab = g
-        .tensors
-        .get("token_embd.weight")
-        .map(|t| t.shape[0])
-        .ok_or_else(|| Error::MissingTensor {
-            file: g.path.clone(),
-            tensor: "token_embd.weight".into(),
-        })?;
+    let vocab = super::vocab_size(g)?;
     let tok = |k: &str| {
         g.metadata
             .get(&format!("tokenizer.ggml.{k}"))

@@ -25,6 +25,48 @@ pub struct GgufSource {
     kv_heads: usize,
 }
 
+/// The vocabulary size of a GGUF (llama and gemma3 alike): the rows of `token_embd.weight`.
+pub(crate) fn vocab_size(g: &Gguf) -> Result<usize, Error> {
+    g.tensors
+        .get("token_embd.weight")
+        .map(|t| t.shape[0])
+        .ok_or_else(|| Error::MissingTensor {
+            file: g.path.clone(),
+            tensor: "token_embd.weight".into(),
+        })
+}
+
+/// The metadata error for `g` (a missing or malformed key).
+pub(crate) fn metadata_error(g: &Gguf, msg: String) -> Error {
+    Error::Gguf {
+        file: g.path.clone(),
+        tensor: None,
+        msg,
+    }
+}
+
+/// Errors unless `tokenizer.ggml.model` is `want`, the only tokenizer model the caller rebuilds;
+/// `what` names it in the error (e.g. "byte-level BPE").
+pub(crate) fn require_tokenizer_model(
+    g: &Gguf,
+    family: &str,
+    want: &str,
+    what: &str,
+) -> Result<(), Error> {
+    let model = g
+        .metadata
+        .get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if model != want {
+        return Err(Error::Unsupported(format!(
+            "{}: {family}tokenizer model {model:?} (only {what}, {want:?}, is rebuilt)",
+            g.path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The GGUF name for a Hugging Face tensor name, and the head count to un-permute rows by
 /// (q and k only).
 fn gguf_name(hf: &str, heads: usize, kv_heads: usize) -> Option<(String, Option<usize>)> {
@@ -112,8 +154,9 @@ impl TensorSource for GgufSource {
     }
 }
 
-/// Opens a GGUF file: spec, tensors, and tokenizer/template files for the output folder.
-pub fn load(path: &Path) -> Result<Loaded, Error> {
+/// Memory-maps a GGUF file and parses its header; the map is kept beside the parsed [`Gguf`]
+/// because tensors are read from it later (llama and gemma3 loaders alike).
+pub(crate) fn map_file(path: &Path) -> Result<(Gguf, Mmap), Error> {
     let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::MissingFile {
@@ -126,7 +169,34 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     })?;
     // SAFETY: read-only input for the duration of the build.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let gguf = Gguf::parse(path, &map)?;
+    Ok((Gguf::parse(path, &map)?, map))
+}
+
+/// The file's `general.architecture` ("" when absent).
+pub(crate) fn architecture(g: &Gguf) -> &str {
+    g.metadata
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// [`Error::UnknownArchitecture`] unless the file's architecture is `want`, the one the caller
+/// reads.
+pub(crate) fn require_architecture(g: &Gguf, want: &str) -> Result<(), Error> {
+    let arch = architecture(g);
+    if arch != want {
+        return Err(Error::UnknownArchitecture {
+            path: g.path.clone(),
+            name: arch.to_string(),
+            supported: format!("{want} (GGUF)"),
+        });
+    }
+    Ok(())
+}
+
+/// Opens a GGUF file: spec, tensors, and tokenizer/template files for the output folder.
+pub fn load(path: &Path) -> Result<Loaded, Error> {
+    let (gguf, map) = map_file(path)?;
     let spec = spec(&gguf)?;
     let extra_files = tokenizer::files(&gguf, &spec)?;
     Ok(Loaded {
@@ -142,23 +212,8 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
 }
 
 fn spec(g: &Gguf) -> Result<DecoderSpec, Error> {
-    let arch = g
-        .metadata
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if arch != "llama" {
-        return Err(Error::UnknownArchitecture {
-            path: g.path.clone(),
-            name: arch.to_string(),
-            supported: "llama (GGUF)".into(),
-        });
-    }
-    let meta_err = |k: &str| Error::Gguf {
-        file: g.path.clone(),
-        tensor: None,
-        msg: format!("metadata {k} is missing or not a number"),
-    };
+    require_architecture(g, "llama")?;
+    let meta_err = |k: &str| metadata_error(g, format!("metadata {k} is missing or not a number"));
     let uint = |k: &str| -> Result<usize, Error> {
         g.metadata
             .get(k)
@@ -185,14 +240,7 @@ fn spec(g: &Gguf) -> Result<DecoderSpec, Error> {
             )));
         }
     }
-    let vocab = g
-        .tensors
-        .get("token_embd.weight")
-        .map(|t| t.shape[0])
-        .ok_or_else(|| Error::MissingTensor {
-            file: g.path.clone(),
-            tensor: "token_embd.weight".into(),
-        })?;
+    let vocab = vocab_size(g)?;
     let tok = |k: &str| g.metadata.get(k).and_then(Value::as_u64).map(|v| v as u32);
     Ok(DecoderSpec {
         arch: Arch::Llama,

@@ -33,22 +33,8 @@ const SPECIAL: &[&str] = &[
 /// (file name, bytes): tokenizer.json, tokenizer_config.json and generation_config.json for a
 /// Gemma GGUF. `eos`: the ids generation stops on.
 pub fn gemma_files(g: &Gguf, eos: &[u32]) -> Result<Vec<(String, Vec<u8>)>, Error> {
-    let bad = |msg: String| Error::Gguf {
-        file: g.path.clone(),
-        tensor: None,
-        msg,
-    };
-    let model = g
-        .metadata
-        .get("tokenizer.ggml.model")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if model != "llama" {
-        return Err(Error::Unsupported(format!(
-            "{}: Gemma tokenizer model {model:?} (only SentencePiece, \"llama\", is rebuilt)",
-            g.path.display()
-        )));
-    }
+    let bad = |msg: String| super::metadata_error(g, msg);
+    super::require_tokenizer_model(g, "Gemma ", "llama", "SentencePiece")?;
     let array = |k: &str| {
         g.metadata
             .get(k)

@@ -13,22 +13,8 @@ const USER_DEFINED: i64 = 4;
 /// (file name, bytes) for tokenizer.json, tokenizer_config.json, chat_template.jinja (when the
 /// GGUF has one) and generation_config.json.
 pub fn files(g: &Gguf, spec: &DecoderSpec) -> Result<Vec<(String, Vec<u8>)>, Error> {
-    let bad = |msg: String| Error::Gguf {
-        file: g.path.clone(),
-        tensor: None,
-        msg,
-    };
-    let model = g
-        .metadata
-        .get("tokenizer.ggml.model")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if model != "gpt2" {
-        return Err(Error::Unsupported(format!(
-            "{}: tokenizer model {model:?} (only byte-level BPE, \"gpt2\", is rebuilt)",
-            g.path.display()
-        )));
-    }
+    let bad = |msg: String| super::metadata_error(g, msg);
+    super::require_tokenizer_model(g, "", "gpt2", "byte-level BPE")?;
     let strings = |k: &str| -> Result<Vec<String>, Error> {
         g.metadata
             .get(k)

@@ -262,6 +262,12 @@ impl GraphBuilder {
         });
     }
 
+    /// Copies `x` into the tensor named `output` with an Identity node `name`: how a graph gives
+    /// an intermediate value its fixed output name (e.g. `logits`) whatever op produced it.
+    pub fn identity_output(&mut self, name: &str, x: &str, output: &str) {
+        self.node_with(name, "Identity", "", &[x], &[output.to_string()], &[]);
+    }
+
     /// Adds a node whose outputs are named `{name}/output_{k}`; returns those names.
     pub fn node(
         &mut self,

@@ -135,65 +135,106 @@ pub(super) fn double(
     let n_txt = cx.modulate(&format!("/{p}/norm1_context"), txt, h, &c[0], &c[1])?;
 
     let a = format!("{p}.attn");
-    let img_mods = [
-        format!("{a}.to_q"),
-        format!("{a}.to_k"),
-        format!("{a}.to_v"),
-    ];
-    let img_mods = img_mods.each_ref().map(String::as_str);
-    let projected = projections(cx, sh, &n_img, &img_mods)?;
-    let img_norms = [format!("{a}.norm_q"), format!("{a}.norm_k")];
-    let [q, k, v] = to_heads(
+    let [q, k, v] = stream_qkv(
         cx,
         sh,
-        &projected,
-        img_mods,
-        img_norms.each_ref().map(String::as_str),
+        &n_img,
+        &a,
+        ["to_q", "to_k", "to_v"],
+        ["norm_q", "norm_k"],
     )?;
-    let txt_mods = [
-        format!("{a}.add_q_proj"),
-        format!("{a}.add_k_proj"),
-        format!("{a}.add_v_proj"),
-    ];
-    let txt_mods = txt_mods.each_ref().map(String::as_str);
-    let projected = projections(cx, sh, &n_txt, &txt_mods)?;
-    let txt_norms = [format!("{a}.norm_added_q"), format!("{a}.norm_added_k")];
-    let [eq, ek, ev] = to_heads(
+    let [eq, ek, ev] = stream_qkv(
         cx,
         sh,
-        &projected,
-        txt_mods,
-        txt_norms.each_ref().map(String::as_str),
+        &n_txt,
+        &a,
+        ["add_q_proj", "add_k_proj", "add_v_proj"],
+        ["norm_added_q", "norm_added_k"],
     )?;
     let q = concat(cx, &format!("/{a}/Concat_q"), &eq, &q, 1);
     let k = concat(cx, &format!("/{a}/Concat_k"), &ek, &k, 1);
     let v = concat(cx, &format!("/{a}/Concat_v"), &ev, &v, 1);
-    let (heads, d) = (sh.cfg.num_attention_heads, sh.cfg.attention_head_dim);
-    let q = rope::apply(cx, &format!("/{a}/rope_q"), &q, sh.rope, heads);
-    let k = rope::apply(cx, &format!("/{a}/rope_k"), &k, sh.rope, heads);
-    let o = attention(
-        cx,
-        &format!("/{a}/attention"),
-        (&q, &k, &v),
-        heads,
-        d,
-        sh.attention,
-    )?;
+    let o = rope_attention(cx, sh, &a, &q, &k, &v)?;
     let o_txt = seq_slice(cx, &format!("/{a}/txt"), &o, None, Some(sh.n_txt));
     let o_img = seq_slice(cx, &format!("/{a}/img"), &o, Some(sh.n_txt), None);
     let o_img = cx.linear(&format!("{a}.to_out.0"), &o_img, sh.linear)?;
     let o_txt = cx.linear(&format!("{a}.to_add_out"), &o_txt, sh.linear)?;
 
-    let img = gated_add(cx, &format!("/{p}/attn_img"), img, &m[2], &o_img);
-    let n = cx.modulate(&format!("/{p}/norm2"), &img, h, &m[3], &m[4])?;
-    let f = feed_forward(cx, sh, &format!("{p}.ff"), &n)?;
-    let img = gated_add(cx, &format!("/{p}/ff_img"), &img, &m[5], &f);
-
-    let txt = gated_add(cx, &format!("/{p}/attn_txt"), txt, &c[2], &o_txt);
-    let n = cx.modulate(&format!("/{p}/norm2_context"), &txt, h, &c[3], &c[4])?;
-    let f = feed_forward(cx, sh, &format!("{p}.ff_context"), &n)?;
-    let txt = gated_add(cx, &format!("/{p}/ff_txt"), &txt, &c[5], &f);
+    let img = stream_tail(cx, sh, &p, img, &o_img, &m, ("img", "norm2", "ff"))?;
+    let txt = stream_tail(
+        cx,
+        sh,
+        &p,
+        txt,
+        &o_txt,
+        &c,
+        ("txt", "norm2_context", "ff_context"),
+    )?;
     Ok((img, txt))
+}
+
+/// One stream's q, k, v in heads: the projections `{a}.{mods}` of `x`, then the per-head
+/// RMSNorms `{a}.{norms}` on q and k (the image and text streams differ only in module names).
+fn stream_qkv(
+    cx: &mut Ctx,
+    sh: &Shared,
+    x: &str,
+    a: &str,
+    mods: [&str; 3],
+    norms: [&str; 2],
+) -> Result<[String; 3], Error> {
+    let mods = mods.map(|m| format!("{a}.{m}"));
+    let mods = mods.each_ref().map(String::as_str);
+    let norms = norms.map(|m| format!("{a}.{m}"));
+    let projected = projections(cx, sh, x, &mods)?;
+    to_heads(
+        cx,
+        sh,
+        &projected,
+        mods,
+        norms.each_ref().map(String::as_str),
+    )
+}
+
+/// RoPE on q and k, then attention over the joint sequence (double and single blocks alike).
+fn rope_attention(
+    cx: &mut Ctx,
+    sh: &Shared,
+    a: &str,
+    q: &str,
+    k: &str,
+    v: &str,
+) -> Result<String, Error> {
+    let (heads, d) = (sh.cfg.num_attention_heads, sh.cfg.attention_head_dim);
+    let q = rope::apply(cx, &format!("/{a}/rope_q"), q, sh.rope, heads);
+    let k = rope::apply(cx, &format!("/{a}/rope_k"), k, sh.rope, heads);
+    attention(
+        cx,
+        &format!("/{a}/attention"),
+        (&q, &k, v),
+        heads,
+        d,
+        sh.attention,
+    )
+}
+
+/// A double block's stream after attention: gated residual of the attention output `o`,
+/// modulated norm, feed-forward, gated residual. `m`: the stream's six modulation chunks;
+/// `(s, norm, ff)`: its names, ("img", "norm2", "ff") or ("txt", "norm2_context", "ff_context").
+#[allow(clippy::too_many_arguments)]
+fn stream_tail(
+    cx: &mut Ctx,
+    sh: &Shared,
+    p: &str,
+    x: &str,
+    o: &str,
+    m: &[String],
+    (s, norm, ff): (&str, &str, &str),
+) -> Result<String, Error> {
+    let x = gated_add(cx, &format!("/{p}/attn_{s}"), x, &m[2], o);
+    let n = cx.modulate(&format!("/{p}/{norm}"), &x, sh.cfg.hidden(), &m[3], &m[4])?;
+    let f = feed_forward(cx, sh, &format!("{p}.{ff}"), &n)?;
+    Ok(gated_add(cx, &format!("/{p}/ff_{s}"), &x, &m[5], &f))
 }
 
 /// One single-stream block on the joint sequence `x` [batch, n_txt + n_img, hidden].
@@ -223,17 +264,7 @@ pub(super) fn single(cx: &mut Ctx, sh: &Shared, i: usize, x: &str) -> Result<Str
         qkv_mods,
         norms.each_ref().map(String::as_str),
     )?;
-    let (heads, d) = (sh.cfg.num_attention_heads, sh.cfg.attention_head_dim);
-    let q = rope::apply(cx, &format!("/{a}/rope_q"), &q, sh.rope, heads);
-    let k = rope::apply(cx, &format!("/{a}/rope_k"), &k, sh.rope, heads);
-    let o = attention(
-        cx,
-        &format!("/{a}/attention"),
-        (&q, &k, &v),
-        heads,
-        d,
-        sh.attention,
-    )?;
+    let o = rope_attention(cx, sh, &a, &q, &k, &v)?;
     let joined = concat(cx, &format!("/{p}/Concat"), &o, &mlp, 2);
     let y = cx.linear(&format!("{p}.proj_out"), &joined, sh.linear)?;
     Ok(gated_add(cx, &format!("/{p}/out"), x, &m[2], &y))

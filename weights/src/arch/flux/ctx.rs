@@ -3,7 +3,7 @@
 //! linear.rs.
 
 use super::config::{LoraModuleIo, LoraSlotSpec, LORA_SCALES, NORM_EPS};
-use crate::arch::Dtype;
+use crate::arch::{graph, Dtype};
 use crate::checkpoint::{Tensor, TensorSource};
 use crate::onnx::{Attr, DataType, GraphBuilder};
 use crate::quant::TensorReport;
@@ -45,12 +45,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn weight(&mut self, name: &str, t: &Tensor) -> Result<String, Error> {
-        self.g.weight(
-            name,
-            self.dtype.onnx(),
-            &t.shape,
-            &self.dtype.encode(&t.data),
-        )
+        graph::weight(self.g, self.dtype, name, t)
     }
 
     /// A constant in the compute dtype (stored like a weight; a few bytes).
@@ -74,8 +69,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn silu(&mut self, name: &str, x: &str) -> String {
-        let s = self.g.op(&format!("{name}/Sigmoid"), "Sigmoid", &[x], &[]);
-        self.g.op(&format!("{name}/Mul"), "Mul", &[x, &s], &[])
+        graph::silu(self.g, name, x)
     }
 
     pub fn gelu_tanh(&mut self, name: &str, x: &str) -> String {
@@ -101,32 +95,16 @@ impl<'a> Ctx<'a> {
                 n
             }
         };
-        Ok(self.g.op(
-            &format!("{name}/LayerNorm"),
-            "LayerNormalization",
-            &[x, &ones],
-            &[
-                ("axis", Attr::Int(-1)),
-                ("epsilon", Attr::Float(NORM_EPS)),
-                ("stash_type", Attr::Int(1)),
-            ],
-        ))
+        let node = format!("{name}/LayerNorm");
+        Ok(graph::layer_norm(self.g, &node, x, &[&ones], NORM_EPS))
     }
 
     /// torch.nn.RMSNorm over the last axis with the weight `{module}.weight`.
     pub fn rms_norm(&mut self, module: &str, x: &str, width: usize) -> Result<String, Error> {
         let w = self.src.get_shaped(&format!("{module}.weight"), &[width])?;
         let w = self.weight(&format!("{module}.weight"), &w)?;
-        Ok(self.g.op(
-            &format!("/{module}/RMSNorm"),
-            "SimplifiedLayerNormalization",
-            &[x, &w],
-            &[
-                ("axis", Attr::Int(-1)),
-                ("epsilon", Attr::Float(NORM_EPS)),
-                ("stash_type", Attr::Int(1)),
-            ],
-        ))
+        let node = format!("/{module}/RMSNorm");
+        Ok(graph::rms_norm(self.g, &node, x, &w, NORM_EPS))
     }
 
     /// `norm(x) * (1 + scale) + shift` with `scale`, `shift` of shape [batch, 1, width].

@@ -269,18 +269,21 @@ fn is_text_encoder(key: &str) -> bool {
     key.starts_with("text_encoder") || key.starts_with("lora_te")
 }
 
-fn peft_layers(st: &SafeTensors, names: &[String]) -> Result<Lora, LoraError> {
-    let mut modules = BTreeSet::new();
+/// Sorts a LoRA file's keys the same way for both layouts: text-encoder keys are skipped (and
+/// listed), `{base}{a}` / `{base}{b}` give the module bases, `{base}.alpha` is read later, and
+/// any other key is an error. Returns (bases, skipped keys).
+fn module_bases(
+    names: &[String],
+    [a, b]: [&str; 2],
+) -> Result<(BTreeSet<String>, Vec<String>), LoraError> {
+    let mut bases = BTreeSet::new();
     let mut skipped = Vec::new();
     let mut leftover = Vec::new();
     for k in names {
         if is_text_encoder(k) {
             skipped.push(k.clone());
-        } else if let Some(m) = k
-            .strip_suffix(".lora_A.weight")
-            .or_else(|| k.strip_suffix(".lora_B.weight"))
-        {
-            modules.insert(m.to_string());
+        } else if let Some(m) = k.strip_suffix(a).or_else(|| k.strip_suffix(b)) {
+            bases.insert(m.to_string());
         } else if !k.ends_with(".alpha") {
             leftover.push(k.clone());
         }
@@ -288,6 +291,11 @@ fn peft_layers(st: &SafeTensors, names: &[String]) -> Result<Lora, LoraError> {
     if !leftover.is_empty() {
         return Err(LoraError::Unrecognised(leftover.join(", ")));
     }
+    Ok((bases, skipped))
+}
+
+fn peft_layers(st: &SafeTensors, names: &[String]) -> Result<Lora, LoraError> {
+    let (modules, skipped) = module_bases(names, [".lora_A.weight", ".lora_B.weight"])?;
     let mut layers = BTreeMap::new();
     for m in modules {
         let (a_key, b_key) = (format!("{m}.lora_A.weight"), format!("{m}.lora_B.weight"));
@@ -477,24 +485,7 @@ fn bfl_target(name: &str, in_features: usize) -> Option<Target> {
 }
 
 fn kohya_layers(st: &SafeTensors, names: &[String]) -> Result<Lora, LoraError> {
-    let mut bases = BTreeSet::new();
-    let mut skipped = Vec::new();
-    let mut leftover = Vec::new();
-    for k in names {
-        if is_text_encoder(k) {
-            skipped.push(k.clone());
-        } else if let Some(b) = k
-            .strip_suffix(".lora_down.weight")
-            .or_else(|| k.strip_suffix(".lora_up.weight"))
-        {
-            bases.insert(b.to_string());
-        } else if !k.ends_with(".alpha") {
-            leftover.push(k.clone());
-        }
-    }
-    if !leftover.is_empty() {
-        return Err(LoraError::Unrecognised(leftover.join(", ")));
-    }
+    let (bases, skipped) = module_bases(names, [".lora_down.weight", ".lora_up.weight"])?;
     let mut layers = BTreeMap::new();
     for base in bases {
         let (d_key, u_key) = (

@@ -277,14 +277,7 @@ pub fn emit(
     let c = cx.chunks("/norm_out", &e, 2);
     let n = cx.modulate("/norm_out", &img, cfg.hidden(), &c[1], &c[0])?;
     let out = cx.linear("proj_out", &n, Scheme::None)?;
-    cx.g.node_with(
-        "/sample/Identity",
-        "Identity",
-        "",
-        &[&out],
-        std::slice::from_ref(&io.sample),
-        &[],
-    );
+    cx.g.identity_output("/sample/Identity", &out, &io.sample);
 
     if let Some(spec) = &opts.lora {
         if cx.lora_inputs.len() != spec.modules.len() {

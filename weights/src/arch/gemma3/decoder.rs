@@ -103,27 +103,7 @@ pub fn build(
         compaction.extend(c);
         let p = format!("model.layers.{i}");
         let ln = cx.weight(&format!("{p}.input_layernorm.weight"), &lw.input_ln)?;
-        let hidden = match pending.take() {
-            None => graph::rms_norm(
-                cx.g,
-                &format!("/{p}/input_layernorm/SimplifiedLayerNorm"),
-                &residual,
-                &ln,
-                spec.eps,
-            ),
-            Some(prev) => {
-                let (out, sum) = graph::skip_norm(
-                    cx.g,
-                    &format!("/{p}/input_layernorm/SkipLayerNorm"),
-                    &prev,
-                    &residual,
-                    &ln,
-                    spec.eps,
-                );
-                residual = sum;
-                out
-            }
-        };
+        let hidden = graph::input_norm(cx.g, &p, &mut residual, pending.take(), &ln, spec.eps);
         let rot = match spec.layer_types[i] {
             LayerType::Sliding => local.as_ref(),
             LayerType::Full => global.as_ref(),
@@ -180,19 +160,11 @@ pub fn build(
         ));
     }
 
-    let last = pending.ok_or_else(|| Error::Unsupported("a decoder with zero layers".into()))?;
     let norm = src
         .get_shaped(&names.norm(), &[h])
         .map(super::weights::gemma_norm)?;
     let norm = cx.weight("model.norm.weight", &norm)?;
-    let (hidden, _) = graph::skip_norm(
-        cx.g,
-        "/model/norm/SkipLayerNorm",
-        &last,
-        &residual,
-        &norm,
-        spec.eps,
-    );
+    let hidden = graph::final_norm(cx.g, pending, &residual, &norm, spec.eps)?;
 
     let head_name = match (&names.lm_head, spec.tied) {
         (Some(n), false) => n.clone(),
@@ -221,14 +193,7 @@ pub fn build(
             cx.g.op("/lm_head/softcap/Mul", "Mul", &[&t, &c], &[])
         }
     };
-    cx.g.node_with(
-        "/lm_head/Identity",
-        "Identity",
-        "",
-        &[&logits],
-        &["logits".to_string()],
-        &[],
-    );
+    graph::logits_output(cx.g, &logits);
 
     let config = DecoderConfig {
         format_version: FORMAT_VERSION,

@@ -128,14 +128,7 @@ pub fn build(
             )
         }
     };
-    g.node_with(
-        "/embed/Identity",
-        "Identity",
-        "",
-        &[&merged],
-        &["inputs_embeds".to_string()],
-        &[],
-    );
+    g.identity_output("/embed/Identity", &merged, "inputs_embeds");
     Ok(EmbedGraph {
         graph: "embed.onnx".into(),
         input_ids: "input_ids".into(),

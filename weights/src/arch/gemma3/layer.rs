@@ -140,36 +140,22 @@ pub(super) fn mlp(
     x: &str,
     lw: &LayerWeights,
 ) -> Result<String, Error> {
-    let gu = cx.linear(
-        &format!("{p}.mlp.gate_up_proj"),
+    cx.gated_mlp(
+        p,
         x,
         &lw.gate_up,
-        opts.policy.linear,
-    )?;
-    let parts = cx.g.node(
-        &format!("/{p}/mlp/Split"),
-        "Split",
-        "",
-        &[&gu],
-        2,
-        &[("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))],
-    );
-    let act =
-        cx.g.node(
-            &format!("/{p}/mlp/act/FastGelu"),
-            "FastGelu",
-            MS_DOMAIN,
-            &[&parts[0]],
-            1,
-            &[],
-        )
-        .remove(0);
-    let prod =
-        cx.g.op(&format!("/{p}/mlp/Mul"), "Mul", &[&act, &parts[1]], &[]);
-    cx.linear(
-        &format!("{p}.mlp.down_proj"),
-        &prod,
         &lw.down,
         opts.policy.linear,
+        |g, gate| {
+            g.node(
+                &format!("/{p}/mlp/act/FastGelu"),
+                "FastGelu",
+                MS_DOMAIN,
+                &[gate],
+                1,
+                &[],
+            )
+            .remove(0)
+        },
     )
 }

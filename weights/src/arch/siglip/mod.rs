@@ -20,10 +20,11 @@ pub mod config;
 mod projector;
 
 use super::Dtype;
+use crate::arch::graph;
 use crate::checkpoint::{Tensor, TensorSource};
 use crate::format::FileEntry;
 use crate::onnx::{Attr, DataType, GraphBuilder, MS_DOMAIN, MS_OPSET, ONNX_OPSET};
-use crate::quant::{self, Scheme, TensorReport};
+use crate::quant::{Scheme, TensorReport};
 use crate::Error;
 pub use config::{Gemma3Config, SiglipVisionConfig, VisionNames, VisionSpec};
 use serde::{Deserialize, Serialize};
@@ -111,12 +112,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn weight(&mut self, name: &str, t: &Tensor) -> Result<String, Error> {
-        self.g.weight(
-            name,
-            self.dtype.onnx(),
-            &t.shape,
-            &self.dtype.encode(&t.data),
-        )
+        graph::weight(self.g, self.dtype, name, t)
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor, Error> {
@@ -125,18 +121,7 @@ impl Ctx<'_> {
 
     /// `x @ W^T` (no bias) for `W[N, K]`: MatMul on the transposed weight, or MatMulNBits.
     fn linear(&mut self, name: &str, x: &str, w: &Tensor, scheme: Scheme) -> Result<String, Error> {
-        match quant::quantize(w, scheme) {
-            None => {
-                let wt = self.weight(&format!("{name}.weight"), &w.transpose2())?;
-                Ok(self
-                    .g
-                    .op(&format!("/{name}/MatMul"), "MatMul", &[x, &wt], &[]))
-            }
-            Some(q) => {
-                self.reports.push(quant::report(name, scheme, w, &q));
-                quant::emit::matmul_nbits(self.g, name, x, &q, self.dtype)
-            }
-        }
+        graph::linear(self.g, self.dtype, &mut self.reports, name, x, w, scheme)
     }
 }
 

@@ -2,6 +2,7 @@
 //! normalised and projected to the text model's width.
 
 use super::{Ctx, VisionNames, VisionSpec, IMAGE_FEATURES};
+use crate::arch::graph;
 use crate::onnx::Attr;
 use crate::Error;
 
@@ -51,15 +52,12 @@ pub(super) fn project(
     let mut gain = cx.load(&format!("{p}mm_soft_emb_norm.weight"), &[d])?;
     gain.data.iter_mut().for_each(|w| *w += 1.0);
     let gain = cx.weight(&format!("{p}mm_soft_emb_norm.gain"), &gain)?;
-    let y = cx.g.op(
+    let y = graph::rms_norm(
+        cx.g,
         "/multi_modal_projector/mm_soft_emb_norm/SimplifiedLayerNorm",
-        "SimplifiedLayerNormalization",
-        &[&y, &gain],
-        &[
-            ("axis", Attr::Int(-1)),
-            ("epsilon", Attr::Float(spec.eps)),
-            ("stash_type", Attr::Int(1)),
-        ],
+        &y,
+        &gain,
+        spec.eps,
     );
     let w = cx.load(
         &format!("{p}mm_input_projection_weight"),

@@ -179,14 +179,7 @@ pub fn build_encoder(cfg: &VaeConfig, src: &dyn TensorSource, net: &mut Net) -> 
     let logvar = v.net.op("/vae/logvar/Max", "Max", &[&parts[1], &lo], &[]);
     let logvar = v.net.op("/vae/logvar/Min", "Min", &[&logvar, &hi], &[]);
     for (from, to) in [(&parts[0], LATENT_MEAN), (&logvar, LATENT_LOGVAR)] {
-        v.net.g.node_with(
-            &format!("/vae/{to}"),
-            "Identity",
-            "",
-            &[from],
-            &[to.to_string()],
-            &[],
-        );
+        v.net.g.identity_output(&format!("/vae/{to}"), from, to);
     }
     Ok(())
 }
@@ -228,14 +221,7 @@ pub fn build_decoder(cfg: &VaeConfig, src: &dyn TensorSource, net: &mut Net) -> 
     }
     x = v.norm_silu("decoder.conv_norm_out", &x, ch[0])?;
     x = v.conv("decoder.conv_out", &x, ch[0], cfg.out_channels, 3)?;
-    v.net.g.node_with(
-        "/vae/image",
-        "Identity",
-        "",
-        &[&x],
-        &[IMAGE.to_string()],
-        &[],
-    );
+    v.net.g.identity_output("/vae/image", &x, IMAGE);
     Ok(())
 }
 
