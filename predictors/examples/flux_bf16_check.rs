@@ -43,10 +43,18 @@ fn ids(v: &Value) -> DynValue {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect()
+        })
         .collect();
     let shape = vec![rows.len(), rows[0].len()];
-    Tensor::from_array((shape, rows.concat())).unwrap().into_dyn()
+    Tensor::from_array((shape, rows.concat()))
+        .unwrap()
+        .into_dyn()
 }
 
 fn bf16_input((shape, data): (Vec<usize>, Vec<f32>)) -> DynValue {
@@ -74,7 +82,11 @@ fn run(graph: &Path, input: (&str, DynValue), output: &str) -> Vec<f32> {
 
 fn report(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
     let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     let finite = got.iter().all(|x| x.is_finite());
     println!(
@@ -86,15 +98,24 @@ fn report(what: &str, got: &[f32], want: &[f32]) {
 
 fn main() {
     let fix = std::path::PathBuf::from(std::env::args().nth(1).expect("fixture dir"));
-    let g: Value = serde_json::from_slice(&std::fs::read(fix.join("golden.json")).unwrap()).unwrap();
+    let g: Value =
+        serde_json::from_slice(&std::fs::read(fix.join("golden.json")).unwrap()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let o = out.path();
     let b = clip::build_dir(&fix.join("text_encoder"), o, Dtype::Bf16).unwrap();
-    let got = run(&o.join(&b.graph), ("input_ids", ids(&g["clip"]["input_ids"])), "pooled_output");
+    let got = run(
+        &o.join(&b.graph),
+        ("input_ids", ids(&g["clip"]["input_ids"])),
+        "pooled_output",
+    );
     report("clip", &got, &floats(&g["clip"]["pooled_output"]));
 
     let b = t5::build_dir(&fix.join("text_encoder_2"), o, Dtype::Bf16, Scheme::None).unwrap();
-    let got = run(&o.join(&b.graph), ("input_ids", ids(&g["t5"]["input_ids"])), "last_hidden_state");
+    let got = run(
+        &o.join(&b.graph),
+        ("input_ids", ids(&g["t5"]["input_ids"])),
+        "last_hidden_state",
+    );
     report("t5", &got, &f32_file(&fix, &g["t5"]["last_hidden_state"]).1);
 
     let b = vae::build_decoder_dir(&fix.join("vae"), o, Dtype::Bf16).unwrap();
@@ -105,5 +126,9 @@ fn main() {
     let b = vae::build_encoder_dir(&fix.join("vae"), o, Dtype::Bf16).unwrap();
     let image = bf16_input(f32_file(&fix, &g["vae"]["image"]));
     let got = run(&o.join(&b.graph), ("image", image), "latent_mean");
-    report("vae_encoder", &got, &f32_file(&fix, &g["vae"]["latent_mean"]).1);
+    report(
+        "vae_encoder",
+        &got,
+        &f32_file(&fix, &g["vae"]["latent_mean"]).1,
+    );
 }
