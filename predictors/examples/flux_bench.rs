@@ -27,7 +27,7 @@ use std::time::Instant;
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{folder_bytes, VramSampler};
+use bench::{folder_bytes, last_json, VramSampler};
 
 #[derive(Parser)]
 struct Args {
@@ -229,21 +229,18 @@ fn main() {
         )
         .unwrap_or_else(|e| panic!("compiling {config}: {e}"));
         let compile_s = t.elapsed().as_secs_f64();
-        let run = |what: &str| -> serde_json::Value {
-            let o = Command::new(std::env::current_exe().unwrap())
-                .arg("--measure")
+        let run = || {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.arg("--measure")
                 .arg(&dir)
                 .args(["--size", &args.size.to_string()])
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{config} {what} failed");
-            let text = String::from_utf8(o.stdout).unwrap();
-            serde_json::from_str(text.lines().rfind(|l| l.starts_with('{')).unwrap()).unwrap()
+                .stderr(Stdio::inherit());
+            last_json(c)
         };
-        let first = run("first");
-        let mut m = run("cached");
+        // First: the optimised-model cache is written; second: read.
+        let first = run();
+        let mut m = run();
         let obj = m.as_object_mut().unwrap();
         obj.insert("config".into(), json!(config));
         obj.insert("compile_s".into(), json!(compile_s));

@@ -23,8 +23,8 @@ use serde_json::json;
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{folder_bytes, VramSampler};
-use std::io::{BufRead, BufReader, Write};
+use bench::{folder_bytes, last_json, ready_seconds, VramSampler};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -96,9 +96,9 @@ fn main() {
         let compile_s = t.elapsed().as_secs_f64();
         let size = folder_bytes(&dir);
         // First start: no optimised-model cache yet; second: cached. Each in a fresh process.
-        let cold_first = child_ready_seconds(&dir, true);
-        let cold_cached = child_ready_seconds(&dir, true);
-        let mut m = child_measure(&dir, &args);
+        let cold_first = ready_seconds(child(&dir, true, &args));
+        let cold_cached = ready_seconds(child(&dir, true, &args));
+        let mut m = last_json(child(&dir, false, &args));
         let obj = m.as_object_mut().expect("object");
         obj.insert("quant".into(), json!(q));
         obj.insert("compile_s".into(), json!(compile_s));
@@ -129,31 +129,6 @@ fn child(dir: &Path, load_only: bool, args: &Args) -> Command {
     }
     c.stdout(Stdio::piped()).stderr(Stdio::inherit());
     c
-}
-
-/// Seconds from spawning a process to its "ready" line (ORT library load, session from the cache or
-/// optimised afresh, warm-up generation), i.e. what a server adds before it reports READY.
-fn child_ready_seconds(dir: &Path, load_only: bool) -> f64 {
-    let args = Args::parse_from(["llm_bench"]);
-    let t = Instant::now();
-    let mut p = child(dir, load_only, &args).spawn().expect("spawn");
-    let reader = BufReader::new(p.stdout.take().expect("stdout"));
-    let mut ready = None;
-    for line in reader.lines() {
-        if line.expect("child stdout").starts_with("ready") && ready.is_none() {
-            ready = Some(t.elapsed().as_secs_f64());
-        }
-    }
-    assert!(p.wait().expect("wait").success(), "measure process failed");
-    ready.expect("child never became ready")
-}
-
-fn child_measure(dir: &Path, args: &Args) -> serde_json::Value {
-    let out = child(dir, false, args).output().expect("spawn");
-    assert!(out.status.success(), "measure process failed");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let last = text.lines().rfind(|l| l.starts_with('{')).expect("no JSON");
-    serde_json::from_str(last).expect("JSON")
 }
 
 fn measure(dir: &Path, args: &Args) {

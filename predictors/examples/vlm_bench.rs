@@ -25,14 +25,14 @@ use cog_weights::format::DecoderConfig;
 use cog_weights::prune::source::{PruneMethod, PruneRequest};
 use cog_weights::quant::QuantArg;
 use serde_json::json;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{folder_bytes, VramSampler};
+use bench::{folder_bytes, last_json, ready_seconds, VramSampler};
 
 #[derive(Parser)]
 struct Args {
@@ -132,19 +132,14 @@ fn measure(dir: &Path, args: &Args) {
     println!(
         "{}",
         json!({"encode_ms": encode_ms, "ttft_ms": ttft_ms, "decode_tok_s": decode,
-               "prompt_tokens": req1.prompt_len(), "peak_vram_gb": vram.peak_gb()})
+               "prompt_tokens": prompt_len(&req1), "peak_vram_gb": vram.peak_gb()})
     );
 }
 
-trait PromptLen {
-    fn prompt_len(&self) -> usize;
-}
-impl PromptLen for GenerateRequest {
-    fn prompt_len(&self) -> usize {
-        match &self.prompt {
-            Prompt::Tokens { ids, .. } => ids.len(),
-            _ => 0,
-        }
+fn prompt_len(req: &GenerateRequest) -> usize {
+    match &req.prompt {
+        Prompt::Tokens { ids, .. } => ids.len(),
+        _ => 0,
     }
 }
 
@@ -186,19 +181,6 @@ fn child(dir: &Path, load_only: bool, args: &Args) -> Command {
     }
     c.stdout(Stdio::piped()).stderr(Stdio::inherit());
     c
-}
-
-fn ready_seconds(dir: &Path, args: &Args) -> f64 {
-    let t = Instant::now();
-    let mut p = child(dir, true, args).spawn().unwrap();
-    let mut ready = None;
-    for line in BufReader::new(p.stdout.take().unwrap()).lines() {
-        if line.unwrap().starts_with("ready") && ready.is_none() {
-            ready = Some(t.elapsed().as_secs_f64());
-        }
-    }
-    assert!(p.wait().unwrap().success());
-    ready.expect("never ready")
 }
 
 /// bf16 on this provider against transformers' fp32 goldens of the tiny fixture.
@@ -286,13 +268,9 @@ fn main() {
         let t = Instant::now();
         compile(&ckpt, &dir, config);
         let compile_s = t.elapsed().as_secs_f64();
-        let first = ready_seconds(&dir, &args);
-        let cached = ready_seconds(&dir, &args);
-        let o = child(&dir, false, &args).output().unwrap();
-        assert!(o.status.success(), "measuring {config} failed");
-        let text = String::from_utf8(o.stdout).unwrap();
-        let mut m: serde_json::Value =
-            serde_json::from_str(text.lines().rfind(|l| l.starts_with('{')).unwrap()).unwrap();
+        let first = ready_seconds(child(&dir, true, &args));
+        let cached = ready_seconds(child(&dir, true, &args));
+        let mut m = last_json(child(&dir, false, &args));
         let obj = m.as_object_mut().unwrap();
         obj.insert("config".into(), json!(config));
         obj.insert("compile_s".into(), json!(compile_s));

@@ -83,11 +83,7 @@ impl Predictor for Gemma3Vision {
     fn setup(ctx: &SetupContext) -> Result<Self, SetupError> {
         let dir = text::required_model_dir(ctx, "a Gemma3ForConditionalGeneration checkpoint")?;
         let generator = text::load_dir(ctx, &dir)?;
-        let engine: cog_weights::format::DecoderConfig = std::fs::read(dir.join("engine.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| SetupError::new(format!("{}: unreadable engine.json", dir.display())))?;
-        let vcfg = engine.vision.ok_or_else(|| {
+        let vcfg = generator.config().vision.clone().ok_or_else(|| {
             SetupError::new(format!(
                 "{} has no vision graph: build it from a Gemma3ForConditionalGeneration checkpoint",
                 dir.display()

@@ -70,15 +70,14 @@ pub fn load(ctx: &SetupContext) -> Result<Generator, SetupError> {
 
 /// [`load`] for a folder already found.
 pub fn load_dir(ctx: &SetupContext, dir: &std::path::Path) -> Result<Generator, SetupError> {
-    let dir = dir.to_path_buf();
-    match crate::weights_check::check(&dir).map_err(SetupError::new)? {
+    match crate::weights_check::check(dir).map_err(SetupError::new)? {
         Checked::Hashed => ctx.log("weights verified against manifest.json (sha256 of every file)"),
         Checked::UnchangedSinceHashed => {
             ctx.log("weights unchanged since they were verified against manifest.json")
         }
         Checked::NoManifest => ctx.log("weights folder has no manifest.json: not verified"),
     }
-    let generator = Generator::load(&dir, &EngineOptions::default()).map_err(SetupError::new)?;
+    let generator = Generator::load(dir, &EngineOptions::default()).map_err(SetupError::new)?;
     let rt = crate::engine::ort_env::runtime().map_err(SetupError::new)?;
     ctx.log(format!(
         "loaded {} on {} (ONNX Runtime {}, context {} tokens)",

@@ -1,4 +1,8 @@
-//! What the benchmark examples share: peak device memory from nvidia-smi samples, folder sizes.
+//! What the benchmark examples share: peak device memory from nvidia-smi samples, folder sizes, and
+//! the fresh measuring processes (each configuration is measured in its own process, so its start-up
+//! and memory are its own).
+// Each example includes this file and uses a subset of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -71,4 +75,28 @@ impl VramSampler {
         let peak = self.peak.load(Ordering::Relaxed);
         (peak > 0).then(|| peak.saturating_sub(before) as f64 * 1024.0 * 1024.0 / 1e9)
     }
+}
+
+/// Seconds from spawning `cmd` (stdout piped) to its "ready" line: ORT library load, session from the
+/// cache or optimised afresh, warm-up, i.e. what a server adds before it reports READY.
+pub fn ready_seconds(mut cmd: Command) -> f64 {
+    let t = std::time::Instant::now();
+    let mut p = cmd.spawn().expect("spawn");
+    let mut ready = None;
+    for line in BufReader::new(p.stdout.take().expect("stdout")).lines() {
+        if line.expect("child stdout").starts_with("ready") && ready.is_none() {
+            ready = Some(t.elapsed().as_secs_f64());
+        }
+    }
+    assert!(p.wait().expect("wait").success(), "measure process failed");
+    ready.expect("child never became ready")
+}
+
+/// Runs `cmd` (stdout piped) to the end; its last JSON object line.
+pub fn last_json(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "measure process failed");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let last = text.lines().rfind(|l| l.starts_with('{')).expect("no JSON");
+    serde_json::from_str(last).expect("JSON")
 }

@@ -411,3 +411,14 @@ fn cuda_provider(opts: &SessionOptions) -> ep::CUDA {
     }
     p
 }
+
+/// Host memory: where the engine binds outputs it reads on the CPU (logits, feature rows, images).
+pub fn host_memory() -> ort::Result<ort::memory::MemoryInfo<'static>> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Device,
+        MemoryType::Default,
+    )
+}

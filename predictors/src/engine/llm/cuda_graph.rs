@@ -11,7 +11,7 @@
 //! use graph id 1, captured by ORT on its first runs and replayed after.
 
 use super::decoder::{ort_err, DecoderError, LayerNames};
-use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::{AllocationDevice, Allocator};
 use ort::session::{IoBinding, NoSelectedOutputs, RunOptions, Session};
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
 
@@ -117,13 +117,7 @@ impl GraphState {
         self.prefill
             .bind_input(&self.names[1], &mask)
             .map_err(ort_err)?;
-        let host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(ort_err)?;
+        let host = crate::engine::ort_env::host_memory().map_err(ort_err)?;
         self.prefill
             .bind_output_to_device(&self.names[2], &host)
             .map_err(ort_err)?;

@@ -45,7 +45,7 @@ pub enum DecoderError {
     Env(#[from] crate::engine::ort_env::OrtEnvError),
 }
 
-pub(super) fn ort_err(e: impl std::fmt::Display) -> DecoderError {
+pub(crate) fn ort_err(e: impl std::fmt::Display) -> DecoderError {
     DecoderError::Ort(e.to_string())
 }
 
@@ -222,12 +222,7 @@ impl DecoderModel {
             }
         }
         let device = match rt.ep {
-            Ep::Cpu => MemoryInfo::new(
-                AllocationDevice::CPU,
-                0,
-                AllocatorType::Device,
-                MemoryType::Default,
-            ),
+            Ep::Cpu => crate::engine::ort_env::host_memory(),
             Ep::Cuda => MemoryInfo::new(
                 AllocationDevice::CUDA,
                 0,
@@ -505,13 +500,7 @@ impl DecoderModel {
                 }
             }
         }
-        let host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(ort_err)?;
+        let host = crate::engine::ort_env::host_memory().map_err(ort_err)?;
         binding
             .bind_output_to_device(&io.logits, &host)
             .map_err(ort_err)?;

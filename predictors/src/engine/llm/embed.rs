@@ -7,7 +7,7 @@
 use super::decoder::{ort_err, DecoderError};
 use crate::engine::ort_env::{OrtRuntime, SessionOptions};
 use cog_weights::format::EmbedGraph;
-use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::Allocator;
 use ort::session::Session;
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
 use std::path::Path;
@@ -67,13 +67,7 @@ impl EmbedStage {
         binding
             .bind_input(&c.image_features, features)
             .map_err(ort_err)?;
-        let host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(ort_err)?;
+        let host = crate::engine::ort_env::host_memory().map_err(ort_err)?;
         binding
             .bind_output_to_device(&c.inputs_embeds, &host)
             .map_err(ort_err)?;

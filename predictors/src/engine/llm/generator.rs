@@ -152,6 +152,11 @@ impl Generator {
         &self.tokenizer
     }
 
+    /// The folder's `engine.json`, as loaded.
+    pub fn config(&self) -> &cog_weights::format::DecoderConfig {
+        &self.decoder.config
+    }
+
     pub fn context_length(&self) -> usize {
         self.decoder.config.context_length
     }

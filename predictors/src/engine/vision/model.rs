@@ -3,10 +3,9 @@
 //! ready for the embed graph (`Generator::generate_with_images`).
 
 use super::preprocess::PixelValues;
-use crate::engine::llm::decoder::DecoderError;
+use crate::engine::llm::decoder::{ort_err as err, DecoderError};
 use crate::engine::ort_env::{runtime, SessionOptions};
 use cog_weights::arch::siglip::VisionGraphConfig;
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 use std::path::Path;
@@ -15,10 +14,6 @@ use std::sync::Mutex;
 pub struct VisionModel {
     session: Mutex<Session>,
     pub config: VisionGraphConfig,
-}
-
-fn err(e: impl std::fmt::Display) -> DecoderError {
-    DecoderError::Ort(e.to_string())
 }
 
 impl VisionModel {
@@ -53,13 +48,7 @@ impl VisionModel {
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut binding = session.create_binding().map_err(err)?;
         binding.bind_input(&c.pixel_values, &input).map_err(err)?;
-        let host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(err)?;
+        let host = crate::engine::ort_env::host_memory().map_err(err)?;
         binding
             .bind_output_to_device(&c.image_features, &host)
             .map_err(err)?;

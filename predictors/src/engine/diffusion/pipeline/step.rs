@@ -4,7 +4,6 @@ use super::{output, run_err, FluxPipeline, Job, PipelineError, Transformer};
 use crate::engine::diffusion::denoise;
 use crate::engine::diffusion::latents::{self, LatentShape};
 use crate::engine::diffusion::tensors::{self, Elem};
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::IoBinding;
 use ort::value::DynTensor;
 use std::path::Path;
@@ -61,13 +60,7 @@ impl FluxPipeline {
             tensors::f32_tensor(&[n_txt, 3], latents::text_ids(n_txt)),
         )?;
         let err = run_err("transformer");
-        let host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(|e| err(e.to_string()))?;
+        let host = crate::engine::ort_env::host_memory().map_err(|e| err(e.to_string()))?;
         b.bind_output_to_device(io.sample.as_str(), &host)
             .map_err(|e| err(e.to_string()))
     }
